@@ -1,0 +1,87 @@
+"""Command line: `gossipser COMMAND ...`. Parsing and printing only; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gossipser.errors import GossipserError
+from gossipser.report import error_line
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("corpus and features")
+    g.add_argument("--data", metavar="DIR",
+                   help="corpus folder (default: the bundled synthetic corpus, generated once)")
+    g.add_argument("--corpus", default="auto",
+                   help="naming convention: auto, ravdess, cremad, tess, emodb, generic")
+    g.add_argument("--emotions", help="class subset, e.g. neutral,happy,sad,angry or shared4, five")
+    g.add_argument("--n-mfcc", type=int, help="MFCC coefficients (default 13)")
+    g.add_argument("--deltas", type=int, choices=(0, 1, 2), help="append deltas (default 0)")
+    g.add_argument("--frame-ms", type=float, help="frame length in ms (default 20)")
+    g.add_argument("--hop-ms", type=float, help="frame step in ms (default 20)")
+    g.add_argument("--max-frames", type=int, help="fixed length for CNN/LSTM (default 150)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="feature cache (default ~/.cache/gossipser or $GOSSIPSER_CACHE)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--model", choices=("dnn", "cnn", "lstm"), help="model family (default cnn)")
+    g.add_argument("--width", type=int, help="model width (default 64)")
+    g.add_argument("--dropout", type=float, help="dropout (default 0.3)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 40)")
+    g.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--class-balanced", action="store_true", help="inverse-frequency class weights")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gossipser",
+        description="Privacy-preserving speech emotion recognition by decentralized gossip "
+                    "learning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="write the synthetic emotional speech corpus (WAV files)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--speakers", type=int, default=8)
+    p.add_argument("--per-emotion", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--emotions", help="subset of the 8 RAVDESS emotions (default all)")
+
+    p = sub.add_parser("train", help="centralized speaker-independent baseline (one machine)")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--test-speakers", metavar="LIST",
+                   help="held-out speakers, e.g. 21,22,23,24 (default: the last sixth)")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation by speaker instead")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("predict", help="predict the emotion of audio files with a saved model")
+    p.add_argument("--model", required=True, metavar="DIR", help="folder written by train")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from gossipser import commands
+
+        return int(commands.dispatch(args) or 0)
+    except GossipserError as exc:
+        error_line(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Handlers of the command-line commands: wire configs to the library and print results."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gossipser.config import read_toml, run_configs
+from gossipser.corpora import parse_emotions
+from gossipser.dataset import Dataset, load_dataset, speaker_folds, split_by_speakers
+from gossipser.errors import ConfigError, CorpusError
+from gossipser.features import FeatureConfig, add_deltas, default_cache_dir, model_inputs
+from gossipser.metrics import Scores, scores_from_confusion
+from gossipser.report import confusion_table, make_console, progress, scores_table
+
+SYNTH_DEFAULT = {"speakers": 8, "per_emotion": 10, "seed": 0}
+
+
+def dispatch(args: Any) -> int:
+    handlers = {"synth": cmd_synth, "train": cmd_train, "predict": cmd_predict}
+    return handlers[args.command](args)
+
+
+def synthetic_corpus(cache_dir: Path | None, console) -> Path:
+    """The default corpus: generated once into the cache, then reused."""
+    from gossipser.synth import SynthConfig, write_corpus
+
+    cfg = SynthConfig(**SYNTH_DEFAULT)
+    root = (Path(cache_dir) if cache_dir else default_cache_dir()) / (
+        f"synth-s{cfg.speakers}-p{cfg.per_emotion}-seed{cfg.seed}")
+    done = root / ".complete"
+    if not done.exists():
+        with progress(console, "synthesising corpus", 1) as update:
+            write_corpus(root, cfg, progress=update)
+        done.write_text("ok\n")
+    return root
+
+
+def load_data(args: Any, doc: dict, features: FeatureConfig, console) -> Dataset:
+    """The dataset named by --data / [data].path, or the synthetic default; prints what it did."""
+    data = doc.get("data", {})
+    cache_dir = getattr(args, "cache_dir", None) or data.get("cache_dir")
+    root = getattr(args, "data", None) or data.get("path")
+    if root is None:
+        root = synthetic_corpus(cache_dir, console)
+        console.print(f"corpus: synthetic (generated speech-like audio) at {root}")
+    corpus = getattr(args, "corpus", None) or data.get("corpus", "auto")
+    emotions = getattr(args, "emotions", None) or data.get("emotions")
+    with progress(console, "extracting MFCC", 1, every=500) as update:
+        ds = load_dataset(root, corpus=corpus, emotions=emotions, features=features,
+                          cache_dir=Path(cache_dir) if cache_dir else None, progress=update)
+    c = ds.corpus
+    how = "auto-detected" if corpus == "auto" else "given"
+    console.print(
+        f"corpus: {c.name} ({how}) at {c.root}: {len(ds)} utterances, "
+        f"{len(ds.speaker_ids())} speakers, {len(ds.classes)} classes ({', '.join(ds.classes)})"
+        + ("; features from cache" if ds.from_cache else "")
+    )
+    for note in (c.skipped_summary(), ds.failed_summary()):
+        if note:
+            console.print(f"[yellow]warning:[/] {note}")
+    return ds
+
+
+def default_test_speakers(ds: Dataset) -> tuple[str, ...]:
+    """RAVDESS: actors 21-24 (the literature's split); otherwise the last sixth of speakers."""
+    spk = ds.speaker_ids()
+    if ds.corpus.name == "ravdess" and {"21", "22", "23", "24"} <= set(spk):
+        return ("21", "22", "23", "24")
+    return spk[-max(1, len(spk) // 6):]
+
+
+def cmd_synth(args: Any) -> int:
+    from gossipser.synth import SynthConfig, write_corpus
+
+    console = make_console()
+    emotions = parse_emotions(args.emotions) if args.emotions else None
+    cfg = SynthConfig(speakers=args.speakers, per_emotion=args.per_emotion, seed=args.seed,
+                      **({"emotions": emotions} if emotions else {}))
+    t0 = time.perf_counter()
+    with progress(console, "synthesising", 1, every=200) as update:
+        n = write_corpus(Path(args.out), cfg, progress=update)
+    console.print(f"wrote {n} synthetic WAV files to {args.out} in "
+                  f"{time.perf_counter() - t0:.1f} s (layout <emotion>/<speaker>_<n>.wav)")
+    return 0
+
+
+def cmd_train(args: Any) -> int:
+    from gossipser.centralized import train_centralized
+    from gossipser.modelio import n_inputs, save_model
+    from gossipser.models import build_model, count_parameters
+
+    console = make_console()
+    doc = read_toml(getattr(args, "config", None))
+    features, model_cfg, train_cfg = run_configs(args, doc)
+    ds = load_data(args, doc, features, console)
+    n_params = count_parameters(build_model(
+        model_cfg, n_features=n_inputs(features, model_cfg), n_classes=len(ds.classes)))
+    console.print(f"model: {model_cfg.kind}, {n_params:,} parameters; "
+                  f"{train_cfg.epochs} epochs, batch {train_cfg.batch_size}, lr {train_cfg.lr}")
+    if args.folds and args.test_speakers:
+        raise ConfigError("give --folds or --test-speakers, not both")
+    test_sets = speaker_folds(ds, args.folds) if args.folds else [
+        tuple(args.test_speakers.split(",")) if args.test_speakers else default_test_speakers(ds)
+    ]
+    out = Path(args.out)
+    rows: list[tuple[str, Scores]] = []
+    folds = []
+    t0 = time.perf_counter()
+    for k, test in enumerate(test_sets):
+        train_idx, test_idx = split_by_speakers(ds, test)
+        label = f"fold {k + 1}/{len(test_sets)}" if len(test_sets) > 1 else "test"
+        console.print(f"{label}: {len(train_idx)} training utterances from "
+                      f"{len(set(ds.speakers[train_idx]))} speakers; testing on speakers "
+                      f"{', '.join(test)} ({len(test_idx)} utterances)")
+        with progress(console, f"training {label}", train_cfg.epochs, every=10) as update:
+            res = train_centralized(
+                ds, train_idx, test_idx, model_cfg=model_cfg, train_cfg=train_cfg,
+                seed=args.seed, on_epoch=lambda e, loss: update(e, info=f"loss {loss:.3f}"),
+            )
+        rows.append((label, res.scores))
+        folds.append({"test_speakers": list(test), **res.scores.to_dict(),
+                      "final_loss": res.losses[-1] if res.losses else None})
+        save_model(out if len(test_sets) == 1 else out / f"fold{k + 1}", res.model,
+                   classes=ds.classes, features=features, config=model_cfg,
+                   extra={"test_speakers": list(test), "corpus": ds.corpus.name})
+    total = scores_from_confusion(sum(s.confusion for _, s in rows))
+    mean = {m: float(np.mean([getattr(s, m) for _, s in rows]))
+            for m in ("ua", "wa", "macro_f1", "macro_precision", "macro_recall")}
+    summary = {
+        "command": "train", "corpus": ds.corpus.name, "data": str(ds.corpus.root),
+        "model": model_cfg.kind, "parameters": n_params, "seed": args.seed,
+        **mean, "classes": list(ds.classes), "confusion": total.confusion.tolist(),
+        "folds": folds, "wall_s": round(time.perf_counter() - t0, 2),
+        "features": features.to_dict(), "model_config": model_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(), "skipped_files": len(ds.failed),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if len(rows) > 1:
+        rows.append(("mean over folds", _mean_scores(rows, total)))
+    console.print(scores_table(rows, title=f"{model_cfg.kind} on {ds.corpus.name}, "
+                                           "speaker-independent"))
+    console.print(confusion_table(total, ds.classes))
+    console.print(f"wrote {out / 'summary.json'} and the model ({summary['wall_s']} s)")
+    return 0
+
+
+def _mean_scores(rows: list[tuple[str, Scores]], total: Scores) -> Scores:
+    m = {k: float(np.mean([getattr(s, k) for _, s in rows]))
+         for k in ("wa", "ua", "macro_precision", "macro_recall", "macro_f1")}
+    return Scores(confusion=total.confusion, **m)
+
+
+def cmd_predict(args: Any) -> int:
+    from gossipser.features import MfccExtractor, prepare_signal
+    from gossipser.modelio import load_model
+    from gossipser.train import predict_proba
+
+    saved = load_model(args.model)
+    cfg = saved.features
+    extractor = MfccExtractor(cfg)
+    console = make_console()
+    results, failures = [], 0
+    for f in args.files:
+        try:
+            sig = prepare_signal(Path(f), cfg)
+        except (CorpusError, OSError) as exc:
+            failures += 1
+            results.append({"file": f, "error": str(exc)})
+            continue
+        with torch.inference_mode():
+            frames = add_deltas(extractor([sig])[0], cfg.deltas)
+        probs = predict_proba(saved.model, model_inputs([frames], cfg, saved.config.view))[0]
+        results.append({
+            "file": f, "emotion": saved.classes[int(probs.argmax())],
+            "probabilities": {c: round(float(p), 4) for c, p in zip(saved.classes, probs,
+                                                                    strict=True)},
+        })
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                console.print(f"{r['file']}: [red]error[/] {r['error']}")
+                continue
+            top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
+            probs = "  ".join(f"{c} {p:.2f}" for c, p in top)
+            console.print(f"{r['file']}: [bold]{r['emotion']}[/]  ({probs})")
+    return 1 if failures else 0
