@@ -66,6 +66,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("simulate", help="simulate many gossip peers on one machine, with a "
+                       "live convergence display")
+    _add_data_args(p)
+    _add_model_args(p)
+    g = p.add_argument_group("gossip")
+    g.add_argument("--topology", help="ring, torus, regular:4, smallworld:4:0.2, er:0.2, "
+                   "complete, star, hypercube, expo, or a file (default ring)")
+    g.add_argument("--algorithm", help="dpsgd, pairwise, gossip-learning, push-sum, local, "
+                   "fedavg (default dpsgd)")
+    g.add_argument("--rounds", type=int, help="rounds (default 30)")
+    g.add_argument("--local-epochs", type=float, help="local epochs per round (default 1)")
+    g.add_argument("--peers", type=int, help="peers (default: one per training speaker)")
+    g.add_argument("--partition", help="speaker (default), iid, balanced, dirichlet:ALPHA")
+    g.add_argument("--mixing", help="metropolis (default), maxdegree, weight")
+    g.add_argument("--drop", type=float, help="message drop probability")
+    g.add_argument("--churn", type=float, help="per-round probability a peer is offline")
+    g.add_argument("--stragglers", type=float, help="probability a peer does 10-50%% of its steps")
+    g.add_argument("--fraction", type=float, help="FedAvg: share of clients per round")
+    g.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
+    g.add_argument("--workers", type=int, help="training processes (default 2)")
+    p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers")
+    p.add_argument("--display", choices=("live", "plain", "none"),
+                   help="live view (default on a terminal), plain lines, or nothing")
+    p.add_argument("--config", metavar="FILE.toml", help="run config (flags override it)")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("topology", help="show or write a peer topology")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = tsub.add_parser("show", help="nodes, degrees, diameter and spectral gap")
+    t.add_argument("spec", metavar="FILE|SPEC")
+    t.add_argument("--peers", type=int)
+    t.add_argument("--mixing", default="metropolis")
+    t.add_argument("--seed", type=int, default=0)
+    t = tsub.add_parser("make", help="write a generated topology to a file")
+    t.add_argument("spec", metavar="SPEC")
+    t.add_argument("--peers", type=int, required=True)
+    t.add_argument("--out", required=True, metavar="FILE", help=".txt edge list or .json")
+    t.add_argument("--seed", type=int, default=0)
     return parser
 
 

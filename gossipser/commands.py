@@ -22,7 +22,8 @@ SYNTH_DEFAULT = {"speakers": 8, "per_emotion": 10, "seed": 0}
 
 
 def dispatch(args: Any) -> int:
-    handlers = {"synth": cmd_synth, "train": cmd_train, "predict": cmd_predict}
+    handlers = {"synth": cmd_synth, "train": cmd_train, "predict": cmd_predict,
+                "simulate": cmd_simulate, "topology": cmd_topology}
     return handlers[args.command](args)
 
 
@@ -193,3 +194,74 @@ def cmd_predict(args: Any) -> int:
             probs = "  ".join(f"{c} {p:.2f}" for c, p in top)
             console.print(f"{r['file']}: [bold]{r['emotion']}[/]  ({probs})")
     return 1 if failures else 0
+
+
+def gossip_config(args: Any, doc: dict):
+    from gossipser.config import build
+    from gossipser.gossip import GossipConfig
+
+    a = vars(args)
+    keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "mixing", "partition",
+            "drop", "churn", "stragglers", "fraction", "eval_every", "workers")
+    return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")
+
+
+def cmd_simulate(args: Any) -> int:
+    from gossipser.display import LiveDisplay, MetricsWriter, PlainDisplay
+    from gossipser.gossip import setup_run
+    from gossipser.simulator import CSV_COLUMNS, Simulator
+    from gossipser.workers import make_pool
+
+    console = make_console()
+    doc = read_toml(args.config)
+    features, model_cfg, train_cfg = run_configs(args, doc)
+    gcfg = gossip_config(args, doc)
+    ds = load_data(args, doc, features, console)
+    test = args.test_speakers or doc.get("data", {}).get("test_speakers")
+    test = tuple(str(t) for t in (test.split(",") if isinstance(test, str) else test)) if test \
+        else default_test_speakers(ds)
+    setup = setup_run(ds, cfg=gcfg, model=model_cfg, train=train_cfg, test_speakers=test,
+                      seed=args.seed)
+    out = Path(args.out)
+    display = args.display or ("live" if console.is_terminal else "plain")
+    listeners = [MetricsWriter(out / "metrics.csv", CSV_COLUMNS)]
+    if display == "live":
+        listeners.append(LiveDisplay(console))
+    elif display == "plain":
+        listeners.append(PlainDisplay(console))
+    shards = [setup.shard(i) for i in range(setup.n_peers)]
+    with make_pool(setup.pool_spec(), shards, workers=gcfg.workers) as pool:
+        sim = Simulator(setup, pool, listeners=listeners)
+        summary = sim.run()
+    summary.update(config={"gossip": gcfg.to_dict(), "model": model_cfg.to_dict(),
+                           "train": train_cfg.to_dict(), "features": features.to_dict()},
+                   test_speakers=list(test))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    f = summary["final"]
+    console.print(
+        f"final: UA mean {f['ua_mean']:.3f} (min {f['ua_min']:.3f}, max {f['ua_max']:.3f}), "
+        f"averaged model UA {f['ua_avg_model']:.3f}, WA mean {f['wa_mean']:.3f}, "
+        f"macro-F1 mean {f['macro_f1_mean']:.3f}, consensus distance "
+        f"{f['consensus_distance']:.3g}; {summary['bytes_sent_total'] / 1e6:.1f} MB sent "
+        f"(busiest node {summary['bytes_sent_max_peer'] / 1e6:.1f} MB) in {summary['wall_s']} s")
+    console.print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
+    return 0
+
+
+def cmd_topology(args: Any) -> int:
+    from gossipser.topology import build_topology, describe, save_topology
+
+    console = make_console()
+    graph = build_topology(args.spec, peers=args.peers, seed=args.seed)
+    if args.action == "make":
+        path = save_topology(graph, args.out)
+        console.print(f"wrote {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges "
+                      f"to {path}")
+        return 0
+    d = describe(graph, args.mixing)
+    console.print(f"topology {graph.graph.get('name', args.spec)}: {d['nodes']} nodes, "
+                  f"{d['edges']} edges, degree {d['degree_min']}-{d['degree_max']} "
+                  f"(mean {d['degree_mean']:.2f}), diameter {d['diameter']}")
+    console.print(f"mixing {d['mixing']}: second largest eigenvalue modulus {d['slem']:.4f}, "
+                  f"spectral gap {d['spectral_gap']:.4f}")
+    return 0
