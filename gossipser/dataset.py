@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gossipser.corpora import Corpus, load_corpus, normalize_speaker_ids
+from gossipser.corpora import Corpus, Utterance, load_corpus, normalize_speaker_ids
 from gossipser.errors import ConfigError, CorpusError
 from gossipser.features import FeatureConfig, Progress, load_or_extract, model_inputs
 
@@ -56,12 +56,16 @@ def _natural(s: str) -> tuple[int, int, str]:
 def load_dataset(
     root: Path | str, *, corpus: str = "auto", emotions: Sequence[str] | str | None = None,
     features: FeatureConfig | None = None, cache_dir: Path | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, keep: Callable[[Utterance], bool] | None = None,
 ) -> Dataset:
-    """Load a corpus folder and its MFCC frames (from the cache when possible)."""
+    """Load a corpus folder and its MFCC frames (from the cache when possible).
+
+    `keep` limits feature extraction to some utterances (a networked peer loads only its
+    own shard and the evaluation set); the corpus metadata always lists them all.
+    """
     cfg = features or FeatureConfig()
     corp = load_corpus(root, corpus=corpus, emotions=emotions)
-    paths = [u.path for u in corp.utterances]
+    paths = [u.path for u in corp.utterances if keep is None or keep(u)]
     table, cached = load_or_extract(paths, cfg, cache_dir=cache_dir, progress=progress)
     if not table.paths:
         raise CorpusError(f"no usable audio under {root}: every file failed ({table.failed[0][1]})")
@@ -78,12 +82,21 @@ def load_dataset(
 
 def split_by_speakers(ds: Dataset, test_speakers: Sequence[str] | str) -> tuple[np.ndarray, ...]:
     """(train_index, test_index): test speakers never appear in training."""
-    test = set(normalize_speaker_ids(test_speakers, ds.corpus))
-    unknown = test - set(ds.speakers.tolist())
+    return split_speakers(ds.speakers, ds.corpus, test_speakers)
+
+
+def split_speakers(
+    speakers: np.ndarray, corpus: Corpus, test_speakers: Sequence[str] | str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into `speakers` of (training, held-out test) utterances."""
+    test = set(normalize_speaker_ids(test_speakers, corpus))
+    unknown = test - set(speakers.tolist())
     if unknown:
-        known = ", ".join(ds.speaker_ids())
+        known = ", ".join(sorted(set(speakers.tolist()), key=_natural))
         raise ConfigError(f"test speakers {sorted(unknown)} not in corpus (speakers: {known})")
-    is_test = np.isin(ds.speakers, sorted(test))
+    if not test:
+        raise ConfigError("no test speakers given")
+    is_test = np.isin(speakers, sorted(test))
     train, held = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     if len(train) == 0:
         raise ConfigError("every speaker is a test speaker: nothing left to train on")
@@ -96,3 +109,11 @@ def speaker_folds(ds: Dataset, k: int) -> list[tuple[str, ...]]:
     if not 2 <= k <= len(spk):
         raise ConfigError(f"--folds must be in [2, {len(spk)}] for {len(spk)} speakers")
     return [tuple(spk[i::k]) for i in range(k)]
+
+
+def corpus_arrays(corpus: Corpus) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, speakers, paths) of every utterance the corpus lists, from file names only."""
+    class_index = {c: i for i, c in enumerate(corpus.classes)}
+    utts = corpus.utterances
+    return (np.array([class_index[u.emotion] for u in utts], dtype=np.int64),
+            np.array([u.speaker for u in utts], dtype=str), [str(u.path) for u in utts])

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from gossipser.dataset import Dataset, split_by_speakers
+from gossipser.corpora import Corpus
+from gossipser.dataset import Dataset, corpus_arrays, split_speakers
 from gossipser.errors import ConfigError
 from gossipser.features import FeatureConfig
 from gossipser.mixing import mixing_matrix
@@ -142,30 +143,76 @@ def run_id_for(seed: int, cfg: GossipConfig) -> str:
     return f"gsr-{digest}"
 
 
-def setup_run(
-    ds: Dataset, *, cfg: GossipConfig, model: ModelConfig, train: TrainConfig,
-    test_speakers: tuple[str, ...], seed: int, run_id: str | None = None,
-) -> RunSetup:
-    """Split, partition, topology, mixing matrix and initial model, all from `seed`."""
-    train_idx, test_idx = split_by_speakers(ds, test_speakers)
-    n_speakers = len(set(ds.speakers[train_idx].tolist()))
+@dataclass(frozen=True)
+class RunPlan:
+    """What every peer must agree on, computed from file names and the seed (no audio)."""
+
+    cfg: GossipConfig
+    seed: int
+    run_id: str
+    test_paths: tuple[str, ...]
+    peer_paths: tuple[tuple[str, ...], ...]
+    graph: nx.Graph
+    mixing: np.ndarray
+
+    def needed_by(self, pid: int | None) -> frozenset[str]:
+        """Files a peer must read: its own shard and the evaluation set (None: all)."""
+        own = (p for part in self.peer_paths for p in part) if pid is None else self.peer_paths[pid]
+        return frozenset((*own, *self.test_paths))
+
+
+def plan_run(
+    corpus: Corpus, *, cfg: GossipConfig, test_speakers: tuple[str, ...], seed: int,
+    run_id: str | None = None,
+) -> RunPlan:
+    """Split, partition, topology and mixing matrix, all from `seed` and the corpus listing."""
+    labels, speakers, paths = corpus_arrays(corpus)
+    train_idx, test_idx = split_speakers(speakers, corpus, test_speakers)
+    n_speakers = len(set(speakers[train_idx].tolist()))
     kind, _ = parse_partition(cfg.partition)
     peers = cfg.peers or (n_speakers if kind == "speaker" else None)
     if peers is None:
         raise ConfigError(f"--peers is needed with partition {cfg.partition}")
-    rng = np.random.default_rng([seed, 3])
-    parts = partition(cfg.partition, index=train_idx, labels=ds.labels, speakers=ds.speakers,
-                      peers=peers, rng=rng)
+    parts = partition(cfg.partition, index=train_idx, labels=labels, speakers=speakers,
+                      peers=peers, rng=np.random.default_rng([seed, 3]))
     if cfg.algorithm == "fedavg":
-        graph = nx.star_graph(peers - 1) if peers > 1 else nx.empty_graph(1)
+        graph = nx.star_graph(peers - 1)
         graph.graph["name"] = "server"
     else:
         graph = build_topology(cfg.topology, peers=peers, seed=seed)
     mixing = mixing_matrix(graph, cfg.mixing) if cfg.algorithm == "dpsgd" else np.eye(peers)
-    init_model = build_model(model, n_features=n_inputs(ds.cfg, model),
-                             n_classes=len(ds.classes), seed=seed)
-    return RunSetup(
-        cfg=cfg, features=ds.cfg, model=model, train=train, dataset=ds, train_idx=train_idx,
-        test_idx=test_idx, parts=parts, graph=graph, mixing=mixing, init=get_state(init_model),
-        seed=seed, run_id=run_id or run_id_for(seed, cfg),
+    return RunPlan(
+        cfg=cfg, seed=seed, run_id=run_id or run_id_for(seed, cfg),
+        test_paths=tuple(paths[i] for i in test_idx),
+        peer_paths=tuple(tuple(paths[i] for i in part) for part in parts),
+        graph=graph, mixing=mixing,
     )
+
+
+def setup_from_plan(
+    ds: Dataset, plan: RunPlan, *, model: ModelConfig, train: TrainConfig,
+) -> RunSetup:
+    """Bind a plan to loaded features; files that failed to load drop out of their shard."""
+    where = {p: i for i, p in enumerate(ds.paths)}
+
+    def index(paths: tuple[str, ...]) -> np.ndarray:
+        return np.array([where[p] for p in paths if p in where], dtype=np.int64)
+
+    init_model = build_model(model, n_features=n_inputs(ds.cfg, model),
+                             n_classes=len(ds.classes), seed=plan.seed)
+    parts = [index(p) for p in plan.peer_paths]
+    return RunSetup(
+        cfg=plan.cfg, features=ds.cfg, model=model, train=train, dataset=ds,
+        train_idx=np.concatenate(parts) if parts else np.zeros(0, np.int64),
+        test_idx=index(plan.test_paths), parts=parts, graph=plan.graph, mixing=plan.mixing,
+        init=get_state(init_model), seed=plan.seed, run_id=plan.run_id,
+    )
+
+
+def setup_run(
+    ds: Dataset, *, cfg: GossipConfig, model: ModelConfig, train: TrainConfig,
+    test_speakers: tuple[str, ...], seed: int, run_id: str | None = None,
+) -> RunSetup:
+    """Plan and bind in one go (the simulator, which loads every file)."""
+    plan = plan_run(ds.corpus, cfg=cfg, test_speakers=test_speakers, seed=seed, run_id=run_id)
+    return setup_from_plan(ds, plan, model=model, train=train)

@@ -50,6 +50,7 @@ class Peer:
         self.mix_row = mix_row or {}
         self.age = 0.0  # local updates this model has seen (gossip learning)
         self.weight = 1.0  # push-sum mass
+        self.selected = False  # FedAvg: the server asked this client to train this round
         # synchronous algorithms: arrivals by round, then sender (a fast neighbour may already
         # be one round ahead of us on a network)
         self.inbox: dict[int, dict[int, Message]] = {}
@@ -92,7 +93,8 @@ class Peer:
         if a == "local":
             return []
         if a == "fedavg":
-            return [(SERVER_ID, self._message("fedavg_update"))]
+            was, self.selected = self.selected, False
+            return [(SERVER_ID, self._message("fedavg_update"))] if was else []
         if a == "dpsgd":
             return [(j, self._message("model")) for j in self.neighbours]
         if a == "push-sum":
@@ -109,8 +111,10 @@ class Peer:
         """Take in one message; returns replies (pairwise gossip answers a pull)."""
         kind, a = msg.kind, self.algorithm
         if kind == "fedavg_global" and a == "fedavg":
-            self.params = copy_params(msg.params)
-            self.round = msg.round
+            if msg.sender == SERVER_ID and msg.round >= self.round:
+                self.params = copy_params(msg.params)
+                self.round = msg.round
+                self.selected = bool(msg.meta.get("train", 0))
             return []
         if kind == "push_sum" and a == "push-sum" or kind == "model" and a == "dpsgd":
             # late messages of an earlier round are ignored; a bounded look-ahead is kept
@@ -171,23 +175,28 @@ class FedAvgServer:
 
     def select(self, round_: int) -> list[int]:
         """Clients asked to train this round (a random fraction, at least one)."""
-        self.round = round_
         k = max(1, int(round(self.fraction * len(self.clients))))
         if k >= len(self.clients):
             return list(self.clients)
         return sorted(int(c) for c in self.rng.choice(self.clients, size=k, replace=False))
 
+    def start_round(self, round_: int) -> Outbox:
+        """Send the global model to every client; the selected ones are asked to train."""
+        self.round = round_
+        self.updates.clear()
+        chosen = set(self.select(round_))
+        return [(c, Message(kind="fedavg_global", run=self.run, sender=SERVER_ID, round=round_,
+                            params=self.params, meta={"train": int(c in chosen)}))
+                for c in self.clients]
+
     def receive(self, msg: Message) -> None:
         if msg.kind == "fedavg_update" and msg.round == self.round and msg.sender in self.clients:
             self.updates[msg.sender] = msg
 
-    def end_round(self) -> Outbox:
-        """Average the updates weighted by sample count and broadcast the new global model."""
+    def end_round(self) -> None:
+        """Average the round's updates weighted by sample count (no update: keep the model)."""
         if self.updates:
             senders = sorted(self.updates)
             self.params = combine([self.updates[c].params for c in senders],
                                   [max(self.updates[c].samples, 1) for c in senders])
         self.updates.clear()
-        glob = Message(kind="fedavg_global", run=self.run, sender=SERVER_ID,
-                       round=self.round + 1, params=self.params)
-        return [(c, glob) for c in self.clients]

@@ -30,18 +30,26 @@ def progress(
     """Yield `update(done, total=None, info='')`: a live bar on a terminal; otherwise a plain
     line every `every` steps (0: only at the end)."""
     if console.is_terminal:
+        # started on the first update, so work that turns out to be cached shows no bar
         bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
             transient=False,
         )
-        with bar:
-            task = bar.add_task(description, total=total, info="")
+        task = None
 
-            def update(done: int, total_: int | None = None, info: str = "") -> None:
-                bar.update(task, completed=done, total=total_ or total, info=info)
+        def update(done: int, total_: int | None = None, info: str = "") -> None:
+            nonlocal task
+            if task is None:
+                bar.start()
+                task = bar.add_task(description, total=total_ or total, info="")
+            bar.update(task, completed=done, total=total_ or total, info=info)
 
+        try:
             yield update
+        finally:
+            if task is not None:
+                bar.stop()
         return
     state = {"last": 0}
 

@@ -28,8 +28,15 @@ CSV_COLUMNS = (
 )
 
 
+def is_statistic(name: str) -> bool:
+    """BatchNorm running statistics travel with the model but are not trained parameters."""
+    return name.endswith(("running_mean", "running_var"))
+
+
 def flatten(params: Params) -> np.ndarray:
-    return np.concatenate([np.ravel(params[k]).astype(np.float64) for k in sorted(params)])
+    """Trained parameters as one float64 vector (what the consensus distance measures)."""
+    return np.concatenate([np.ravel(params[k]).astype(np.float64)
+                           for k in sorted(params) if not is_statistic(k)])
 
 
 def consensus_distance_of(states: Sequence[Params]) -> tuple[float, np.ndarray]:
@@ -99,7 +106,8 @@ class Simulator:
             p.begin_round(r)
         training = sorted(online)
         if self.server is not None:
-            training = [c for c in self.server.select(r) if c in online]
+            self._deliver(SERVER_ID, self.server.start_round(r), online)
+            training = [c for c in training if self.peers[c].selected]
         jobs = [TrainJob(peer=i, params=self.peers[i].train_from(), steps=self._steps(i))
                 for i in training]
         losses = {}
@@ -111,7 +119,7 @@ class Simulator:
         for i in sorted(online):
             self.peers[i].end_round()
         if self.server is not None:
-            self._deliver(SERVER_ID, self.server.end_round(), online)
+            self.server.end_round()
         return online, losses
 
     def _row(self, r: int, online: set[int], losses: dict[int, float], evaluate: bool,
