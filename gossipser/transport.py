@@ -18,7 +18,6 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Protocol, Self
 
 from gossipser import wire
@@ -73,11 +72,7 @@ class TransportConfig:
                 )
         for name in ("connect_timeout", "send_timeout", "backoff_initial", "backoff_max"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (math.isfinite(value) and value > 0)
-            ):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"transport: {name} must be > 0 seconds, got {value!r}")
         if self.backoff_max < self.backoff_initial:
             raise ConfigError("transport: backoff_max must be >= backoff_initial")
@@ -109,12 +104,7 @@ class Transport(Protocol):
 
     async def __aenter__(self) -> Self: ...
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def send(self, dest: int, frame: bytes) -> None:
         """Deliver `frame` to node `dest`, or raise TransportError within send_timeout."""
@@ -431,6 +421,10 @@ def _checked_addresses(addresses: object) -> dict[int, tuple[str, int]]:
             )
         checked[node] = (host, port)
     return checked
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_int(value: object) -> bool:

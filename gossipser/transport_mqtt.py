@@ -135,7 +135,8 @@ class MqttTransport:
         return self._inbox
 
     async def peers_online(self) -> set[int]:
-        """Nodes whose retained presence reads online (this node included once connected)."""
+        """Nodes whose retained presence reads online, this one included; while the link is
+        down, what was last heard (the broker's last will marks a lost node offline)."""
         return {node for node, online in self._presence.items() if online}
 
     async def _publish(
@@ -175,7 +176,7 @@ class MqttTransport:
                     await client.publish(
                         self._presence_root + str(self.cfg.node), ONLINE, qos=1, retain=True
                     )
-                    self.stats.reconnects += connected_before
+                    self.stats.reconnects += int(connected_before)
                     connected_before = True
                     delay = self.cfg.backoff_initial
                     self._link = (client, lost)
