@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        import torch
+
+        # small models gain nothing from a second intra-op thread, and on a busy machine
+        # spinning OpenMP threads slow everything else down; processes give parallelism
+        torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
         from gossipser import commands
 
         return int(commands.dispatch(args) or 0)

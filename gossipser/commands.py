@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from gossipser.config import read_toml, run_configs
 from gossipser.corpora import parse_emotions
@@ -188,11 +189,13 @@ def cmd_predict(args: Any) -> int:
     else:
         for r in results:
             if "error" in r:
-                console.print(f"{r['file']}: [red]error[/] {r['error']}")
+                console.print(f"{escape(r['file'])}: [red]error[/] {escape(r['error'])}",
+                              soft_wrap=True)
                 continue
             top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
             probs = "  ".join(f"{c} {p:.2f}" for c, p in top)
-            console.print(f"{r['file']}: [bold]{r['emotion']}[/]  ({probs})")
+            console.print(f"{escape(r['file'])}: [bold]{r['emotion']}[/]  ({probs})",
+                          soft_wrap=True)
     return 1 if failures else 0
 
 

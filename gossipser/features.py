@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +242,7 @@ def load_or_extract(
     if file.exists():
         try:
             return _read_cache(file, cfg), True
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     table = extract(paths, cfg, progress=progress)
     _write_cache(file, table)
@@ -262,10 +263,14 @@ def _write_cache(file: Path, table: FeatureTable) -> None:
 
 
 def _read_cache(file: Path, cfg: FeatureConfig) -> FeatureTable:
-    with np.load(file, allow_pickle=False) as z:
+    # open the file ourselves: np.load(path) leaks its handle when the archive is bad
+    with open(file, "rb") as fh, np.load(fh, allow_pickle=False) as z:
         data, lengths = z["data"], z["lengths"]
         paths = [str(p) for p in z["paths"]]
         failed = [(str(a), str(b)) for a, b in z["failed"]]
+    if len(lengths) != len(paths) or int(lengths.sum()) != len(data) or data.ndim != 2 \
+            or data.shape[1] != cfg.dim:
+        raise ValueError(f"inconsistent feature cache {file.name}")
     frames = np.split(data, np.cumsum(lengths)[:-1]) if len(lengths) else []
     return FeatureTable(cfg=cfg, paths=paths, frames=list(frames), failed=failed)
 

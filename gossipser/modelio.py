@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +58,14 @@ def load_model(path: Path | str) -> SavedModel:
         classes = tuple(str(c) for c in card["classes"])
         features = FeatureConfig.from_dict(card["features"])
         config = ModelConfig(**card["model"])
-        with np.load(weights_file, allow_pickle=False) as z:
+        with open(weights_file, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             state = {k: z[k] for k in z.files}
-    except (KeyError, TypeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"cannot load model from {folder}: {exc}") from None
     model = build_model(config, n_features=n_inputs(features, config), n_classes=len(classes))
+    missing = sorted(set(get_state(model)) - set(state))
+    if missing:
+        raise ConfigError(f"cannot load model from {folder}: {WEIGHTS} lacks {missing[:3]}")
     set_state(model, state)
     model.eval()
     return SavedModel(model=model, classes=classes, features=features, config=config)

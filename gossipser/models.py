@@ -37,6 +37,28 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+class Dropout(nn.Module):
+    """Dropout drawing its mask from `self.generator` when one is set (LocalTrainer sets its
+    own), so concurrent trainers in threads never share torch's global generator."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep / (1.0 - self.p)
+
+
+def attach_generator(model: nn.Module, generator: torch.Generator) -> None:
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = generator
+
+
 class DNN(nn.Module):
     """MLP on utterance statistics (mean and std of each coefficient)."""
 
@@ -45,8 +67,8 @@ class DNN(nn.Module):
         h = cfg.width * 4
         self.net = nn.Sequential(
             nn.BatchNorm1d(n_in, affine=False),  # the statistics have very different scales
-            nn.Linear(n_in, h), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(h, h // 2), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(n_in, h), nn.ReLU(), Dropout(cfg.dropout),
+            nn.Linear(h, h // 2), nn.ReLU(), Dropout(cfg.dropout),
             nn.Linear(h // 2, n_classes),
         )
 
@@ -69,9 +91,9 @@ class CNN(nn.Module):
         self.features = nn.Sequential(
             _conv_block(n_in, c, 5), nn.MaxPool1d(2),
             _conv_block(c, c, 5), nn.MaxPool1d(2),
-            _conv_block(c, c * 2, 3), nn.Dropout(cfg.dropout / 2),
+            _conv_block(c, c * 2, 3), Dropout(cfg.dropout / 2),
         )
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(4 * c, n_classes))
+        self.head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(4 * c, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
         h = self.features(x.transpose(1, 2))
@@ -86,7 +108,7 @@ class LSTM(nn.Module):
         h = cfg.width
         self.inp = nn.Sequential(nn.Linear(n_in, h), nn.ReLU())
         self.rnn = nn.LSTM(h, h, batch_first=True, bidirectional=True)
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(4 * h, n_classes))
+        self.head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(4 * h, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
         out, _ = self.rnn(self.inp(x))

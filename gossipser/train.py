@@ -12,6 +12,7 @@ from torch import nn
 
 from gossipser.errors import ConfigError
 from gossipser.metrics import Scores, score
+from gossipser.models import attach_generator
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,10 @@ class LocalTrainer:
         self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
         self.generator = torch.Generator().manual_seed(int(seed))
-        # dropout draws from torch's global generator; keep a private copy of its state so a
-        # trainer's stream depends only on its seed, whatever else runs in the process
-        self._dropout_state = torch.Generator().manual_seed(int(seed) + 1).get_state()
+        # dropout masks come from a generator of our own: a trainer's stream depends only on
+        # its seed, whatever else runs in the process or in other threads
+        self.dropout_generator = torch.Generator().manual_seed(int(seed) + 1)
+        attach_generator(model, self.dropout_generator)
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
         )
@@ -93,18 +95,37 @@ class LocalTrainer:
         self.model.train()
         total = 0.0
         count = 0
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._dropout_state)
-            for idx in self._batches(steps):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach())
-                count += 1
-            self._dropout_state = torch.get_rng_state()
+        for idx in self._batches(steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            count += 1
         self.steps_done += count
         return total / max(count, 1)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Optimiser moments and RNG states as plain arrays (for checkpoints, no pickle)."""
+        out = {"_rng.batches": self.generator.get_state().numpy(),
+               "_rng.dropout": self.dropout_generator.get_state().numpy(),
+               "_steps": np.array(self.steps_done, dtype=np.int64)}
+        for i, st in self.optimizer.state_dict()["state"].items():
+            for key, value in st.items():
+                out[f"_adam.{i}.{key}"] = value.detach().numpy().copy()
+        return out
+
+    def load_state(self, saved: dict[str, np.ndarray]) -> None:
+        self.generator.set_state(torch.from_numpy(np.array(saved["_rng.batches"])))
+        self.dropout_generator.set_state(torch.from_numpy(np.array(saved["_rng.dropout"])))
+        self.steps_done = int(saved["_steps"])
+        opt = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in saved.items():
+            if name.startswith("_adam."):
+                _, i, key = name.split(".", 2)
+                state.setdefault(int(i), {})[key] = torch.from_numpy(np.array(value))
+        self.optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
 
     def train_epochs(self, epochs: float) -> float:
         return self.train_steps(int(round(epochs * self.steps_per_epoch())))

@@ -96,6 +96,9 @@ class SerialPool:
     def steps_per_epoch(self) -> dict[int, int]:
         return {p: t.steps_per_epoch() for p, t in self._t.trainers.items()}
 
+    def trainer(self, peer: int) -> LocalTrainer:
+        return self._t.trainers[peer]
+
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
         return [self._t.train(j) for j in jobs]
 

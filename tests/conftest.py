@@ -29,3 +29,28 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_corpus")
     write_corpus(root, SynthConfig(speakers=4, per_emotion=3, emotions=TINY_EMOTIONS))
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_everywhere():
+    """The whole suite runs torch on one intra-op thread (see `one_torch_thread`); worker
+    processes of the simulator do the same."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run torch on one intra-op thread for a module. Tiny models gain nothing from threads,
+    and on a busy machine two threads that wait on each other at every op of an LSTM step can
+    be a thousand times slower (seconds per forward pass)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
