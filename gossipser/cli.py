@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="run config (flags override it)")
     p.add_argument("--out", required=True, metavar="DIR")
 
+    p = sub.add_parser("peer", help="run one networked peer (TCP or MQTT); peers differ "
+                       "only by --id")
+    p.add_argument("--id", type=int, required=True, help="this peer's node id (0..N-1)")
+    p.add_argument("--config", required=True, metavar="FILE.toml", help="the shared run config")
+    p.add_argument("--mode", choices=("gossip", "fedavg"), default="gossip",
+                   help="gossip (default: the config's algorithm) or fedavg (talk to the server)")
+    p.add_argument("--out", metavar="DIR", help="metrics, checkpoint, model (default "
+                   "runs/<run>/peer-<id>)")
+    p.add_argument("--data", metavar="DIR", help="override [data] path")
+
+    p = sub.add_parser("server", help="run the FedAvg aggregation server (for comparison)")
+    p.add_argument("--config", required=True, metavar="FILE.toml")
+    p.add_argument("--out", metavar="DIR", help="default runs/<run>/server")
+    p.add_argument("--data", metavar="DIR", help="override [data] path")
+
     p = sub.add_parser("topology", help="show or write a peer topology")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = tsub.add_parser("show", help="nodes, degrees, diameter and spectral gap")

@@ -23,8 +23,11 @@ SYNTH_DEFAULT = {"speakers": 8, "per_emotion": 10, "seed": 0}
 
 
 def dispatch(args: Any) -> int:
+    from gossipser.commands_net import cmd_peer, cmd_server
+
     handlers = {"synth": cmd_synth, "train": cmd_train, "predict": cmd_predict,
-                "simulate": cmd_simulate, "topology": cmd_topology}
+                "simulate": cmd_simulate, "topology": cmd_topology, "peer": cmd_peer,
+                "server": cmd_server}
     return handlers[args.command](args)
 
 

@@ -149,3 +149,46 @@ class LiveDisplay:
         if len(peers) > len(shown):
             table.add_row("…", "", "", "", "", f"{len(peers) - len(shown)} more")
         return table
+
+
+class PeerStatusView:
+    """A networked peer's (or server's) status: a live line on a terminal, else log lines."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self.live: Live | None = None
+        self.ua: list[float] = []
+
+    def __call__(self, row: dict) -> None:
+        if "note" in row:
+            self.console.print(f"{self.title}: {row['note']}")
+            return
+        if row.get("ua") not in ("", None):
+            self.ua.append(row["ua"])
+        parts = [f"round {row['round']}"]
+        if row.get("ua") not in ("", None):
+            parts.append(f"UA {row['ua']:.3f}")
+        if isinstance(row.get("loss"), float) and math.isfinite(row["loss"]):
+            parts.append(f"loss {row['loss']:.3f}")
+        for key, label in (("missing", "missing"), ("updates", "updates"),
+                           ("rejected", "rejected"), ("send_failures", "send failures")):
+            if row.get(key):
+                parts.append(f"{label} {row[key]}")
+        parts.append(f"sent {row.get('bytes_sent', 0) / 1e6:.2f} MB")
+        parts.append(f"{row.get('wall_s', 0):.1f} s")
+        line = f"{self.title}: " + "  ".join(parts)
+        if not self.console.is_terminal:
+            self.console.print(line)
+            return
+        text = Text(line + "  ")
+        text.append(sparkline(self.ua, width=30), style="green")
+        if self.live is None:
+            self.live = Live(text, console=self.console, refresh_per_second=4)
+            self.live.start()
+        else:
+            self.live.update(text)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()

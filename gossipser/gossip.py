@@ -156,8 +156,12 @@ class RunPlan:
     mixing: np.ndarray
 
     def needed_by(self, pid: int | None) -> frozenset[str]:
-        """Files a peer must read: its own shard and the evaluation set (None: all)."""
-        own = (p for part in self.peer_paths for p in part) if pid is None else self.peer_paths[pid]
+        """Files a peer must read: its own shard and the evaluation set (None: every file;
+        the server, -1: the evaluation set only)."""
+        if pid is None:
+            own = tuple(p for part in self.peer_paths for p in part)
+        else:
+            own = self.peer_paths[pid] if 0 <= pid < len(self.peer_paths) else ()
         return frozenset((*own, *self.test_paths))
 
 
