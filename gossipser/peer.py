@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gossipser.errors import ConfigError
-from gossipser.mixing import age_weighted_merge, weighted_average
+from gossipser.mixing import age_weighted_merge
 from gossipser.wire import SERVER_ID, Message
 
 Params = dict[str, np.ndarray]
@@ -22,8 +22,19 @@ ALGORITHMS = ("dpsgd", "pairwise", "gossip-learning", "push-sum", "local", "feda
 
 
 def combine(states: Sequence[Params], weights: Sequence[float]) -> Params:
-    """Per-parameter weighted average of several model states."""
-    return {k: weighted_average([s[k] for s in states], weights) for k in states[0]}
+    """Per-parameter weighted average of several model states (one float64 matrix product
+    per parameter; the same arithmetic as mixing.weighted_average)."""
+    if len(states) == 1:
+        return copy_params(states[0])
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) != len(states) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"combine: need one finite non-negative weight per state, got {w}")
+    w = w / w.sum()
+    out = {}
+    for k, first in states[0].items():
+        stacked = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
+        out[k] = (w @ stacked).astype(first.dtype).reshape(first.shape)
+    return out
 
 
 def copy_params(params: Params) -> Params:
@@ -40,6 +51,8 @@ class Peer:
     ) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+        if algorithm == "dpsgd" and pid not in (mix_row or {}):
+            raise ConfigError(f"peer {pid}: dpsgd needs its row of the mixing matrix")
         self.pid = pid
         self.neighbours = tuple(sorted(neighbours))
         self.algorithm = algorithm

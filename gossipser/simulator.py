@@ -24,7 +24,7 @@ CSV_COLUMNS = (
     "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model",
     "wa_avg_model", "consensus_distance", "loss_mean", "online", "messages_sent",
     "messages_dropped", "bytes_sent_total", "bytes_per_peer_mean", "bytes_sent_max_peer",
-    "wall_s",
+    "bytes_sent_max_node", "wall_s",
 )
 
 
@@ -40,10 +40,16 @@ def flatten(params: Params) -> np.ndarray:
 
 
 def consensus_distance_of(states: Sequence[Params]) -> tuple[float, np.ndarray]:
-    """((1/n) sum_i ||theta_i - theta_bar||^2, per-peer squared distances)."""
-    x = np.stack([flatten(s) for s in states])
-    d = ((x - x.mean(axis=0)) ** 2).sum(axis=1)
-    return float(d.mean()), d
+    """((1/n) sum_i ||theta_i - theta_bar||^2 over trained parameters, per-peer distances).
+
+    Accumulated one parameter at a time, without a copy of every model."""
+    per_peer = np.zeros(len(states))
+    for k in states[0]:
+        if is_statistic(k):
+            continue
+        x = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
+        per_peer += ((x - x.mean(axis=0)) ** 2).sum(axis=1)
+    return float(per_peer.mean()), per_peer
 
 
 class Simulator:
@@ -134,7 +140,8 @@ class Simulator:
             messages_sent=self.messages_sent, messages_dropped=self.messages_dropped,
             bytes_sent_total=sum(self.bytes_sent.values()),
             bytes_per_peer_mean=float(np.mean(peer_bytes)),
-            bytes_sent_max_peer=max(self.bytes_sent.values()),
+            bytes_sent_max_peer=max(peer_bytes),
+            bytes_sent_max_node=max(self.bytes_sent.values()),  # the FedAvg server is a node
             wall_s=round(time.perf_counter() - t0, 3),
         )
         uas: list[float | None] = [None] * len(self.peers)
@@ -178,7 +185,8 @@ class Simulator:
         return {
             **self.setup.describe(), "wall_s": round(wall_s, 2),
             "bytes_sent_total": int(sum(self.bytes_sent.values())),
-            "bytes_sent_max_peer": int(max(self.bytes_sent.values())),
+            "bytes_sent_max_peer": int(max(self.bytes_sent[i] for i in range(len(self.peers)))),
+            "bytes_sent_max_node": int(max(self.bytes_sent.values())),
             "bytes_sent_server": int(self.bytes_sent.get(SERVER_ID, 0)),
             "messages_sent": self.messages_sent, "messages_dropped": self.messages_dropped,
             "final": {

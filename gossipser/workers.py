@@ -121,12 +121,13 @@ def _worker_main(conn, spec: PoolSpec, shards: list[Shard]) -> None:
     conn.send(("ready", {p: t.steps_per_epoch() for p, t in trainers.trainers.items()}))
     while True:
         op, payload = conn.recv()
-        if op == "train":
-            conn.send(("ok", [trainers.train(j) for j in payload]))
-        elif op == "evaluate":
-            conn.send(("ok", [trainers.evaluate(s) for s in payload]))
-        else:
+        if op not in ("train", "evaluate"):
             return
+        try:
+            work = trainers.train if op == "train" else trainers.evaluate
+            conn.send(("ok", [work(item) for item in payload]))
+        except Exception as exc:  # reported to the parent as one line, the worker lives on
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 class ProcessPool:
@@ -164,6 +165,8 @@ class ProcessPool:
             status, payload = conn.recv()
         except EOFError:
             raise GossipserError("a training worker process died") from None
+        if status == "error":
+            raise GossipserError(f"training worker: {payload}")
         return payload
 
     def steps_per_epoch(self) -> dict[int, int]:

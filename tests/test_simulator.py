@@ -1,0 +1,352 @@
+"""The real simulator on a tiny synthetic corpus: averaging maths, determinism, faults, pools, CLI.
+
+Models are a DNN of width 8 and each peer holds a few utterances, so a run takes a fraction
+of a second; `local_epochs=0` switches training off to test the averaging alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gossipser.cli import main
+from gossipser.dataset import Dataset, load_dataset
+from gossipser.gossip import GossipConfig, RunSetup, setup_run
+from gossipser.mixing import slem
+from gossipser.models import ModelConfig
+from gossipser.peer import ALGORITHMS, combine
+from gossipser.simulator import CSV_COLUMNS, SIM_SECRET, Simulator, consensus_distance_of, flatten
+from gossipser.train import TrainConfig
+from gossipser.wire import Message, encode
+from gossipser.workers import ProcessPool, SerialPool, TrainJob
+
+EMOTIONS = ("neutral", "happy", "sad", "angry")
+TEST_SPEAKERS = ("spk06",)  # 5 training speakers x 4 emotions x 3 takes = 60 utterances
+MODEL = ModelConfig(kind="dnn", width=8)
+TRAIN = TrainConfig(epochs=1)
+
+# One torch thread, as in the ProcessPool workers; two threads per tiny op on a busy machine
+# make these runs 10-40x slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="session")
+def sim_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gossipser.synth import SynthConfig, write_corpus
+
+    root = tmp_path_factory.mktemp("sim_corpus")
+    write_corpus(root, SynthConfig(speakers=6, per_emotion=3, emotions=EMOTIONS))
+    return root
+
+
+@pytest.fixture(scope="session")
+def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sim_cache")
+
+
+@pytest.fixture(scope="session")
+def ds(sim_corpus: Path, sim_cache: Path) -> Dataset:
+    return load_dataset(sim_corpus, cache_dir=sim_cache)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(sim_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOSSIPSER_CACHE", str(sim_cache))
+
+
+class RecordingPool(SerialPool):
+    """A SerialPool that remembers the training jobs of each call (one call per round)."""
+
+    def __init__(self, spec, shards) -> None:
+        super().__init__(spec, shards)
+        self.calls: list[list[TrainJob]] = []
+
+    def train(self, jobs: Sequence[TrainJob]):
+        self.calls.append(list(jobs))
+        return super().train(jobs)
+
+
+def make_setup(ds: Dataset, *, seed: int = 0, **gossip) -> RunSetup:
+    gossip = {"peers": 8, "partition": "iid", "rounds": 3, **gossip}
+    return setup_run(ds, cfg=GossipConfig(**gossip), model=MODEL, train=TRAIN,
+                     test_speakers=TEST_SPEAKERS, seed=seed)
+
+
+def simulate(ds: Dataset, *, seed: int = 0, pool_cls=RecordingPool, **gossip) -> Simulator:
+    setup = make_setup(ds, seed=seed, **gossip)
+    with pool_cls(setup.pool_spec(), [setup.shard(i) for i in range(setup.n_peers)]) as pool:
+        sim = Simulator(setup, pool)
+        sim.run()
+    return sim
+
+
+def initial_states(setup: RunSetup) -> np.ndarray:
+    return np.stack([flatten(setup.initial_params(i)) for i in range(setup.n_peers)])
+
+
+def column(sim: Simulator, name: str) -> np.ndarray:
+    return np.array([row[name] for row in sim.rows], dtype=float)
+
+
+def without_wall_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    def same(x, y) -> bool:
+        both_nan = isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
+        return both_nan or x == y
+
+    a, b = without_wall_time(a), without_wall_time(b)
+    return len(a) == len(b) and all(same(r[k], s[k]) for r, s in zip(a, b, strict=True) for k in r)
+
+
+# --- averaging with training switched off
+
+
+@pytest.mark.parametrize(("topology", "peers"), [("ring", 16), ("torus", 20), ("regular:4", 16)])
+def test_dpsgd_keeps_the_mean_and_contracts_at_slem_squared(ds, topology, peers):
+    rounds = 30
+    sim = simulate(ds, algorithm="dpsgd", topology=topology, peers=peers, rounds=rounds,
+                   local_epochs=0, init="independent", eval_every=rounds)
+    x0 = initial_states(sim.setup)
+
+    final = np.stack([flatten(s) for s in sim.final_states()])
+    np.testing.assert_allclose(final.mean(axis=0), x0.mean(axis=0), rtol=0, atol=1e-6)
+    d = column(sim, "consensus_distance")  # d[k]: after round k + 1
+    start, _ = consensus_distance_of([sim.setup.initial_params(i) for i in range(peers)])
+    assert start > 0 and d[-1] < start
+    rate = (d[rounds - 1] / d[9]) ** (1 / (rounds - 10))  # geometric mean, rounds 11..30
+    assert rate == pytest.approx(slem(sim.setup.mixing) ** 2, rel=0.05)
+    assert sim.pool.calls == [[]] * rounds  # nothing trained
+    assert column(sim, "messages_dropped").max() == 0
+
+
+def test_push_sum_keeps_mass_and_agrees_on_the_mean_with_unequal_degrees(ds):
+    sim = simulate(ds, algorithm="push-sum", topology="star", peers=10, rounds=40,
+                   local_epochs=0, init="independent", eval_every=40)
+    x0 = initial_states(sim.setup)
+
+    weights = np.array([p.weight for p in sim.peers])
+    z = np.stack([flatten(s) for s in sim.final_states()])
+    assert weights.sum() == pytest.approx(10.0, rel=1e-12)
+    assert weights.max() / weights.min() > 2  # the hub holds more mass than a leaf
+    np.testing.assert_allclose((weights[:, None] * z).sum(axis=0), x0.sum(axis=0),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(z, np.broadcast_to(x0.mean(axis=0), z.shape), rtol=0, atol=1e-5)
+    d = column(sim, "consensus_distance")
+    assert d[-1] < 1e-9 * consensus_distance_of([sim.setup.initial_params(i)
+                                                 for i in range(10)])[0]
+
+
+# --- determinism
+
+
+@pytest.mark.parametrize("algorithm", ["dpsgd", "gossip-learning"])
+def test_runs_are_deterministic_by_seed(ds, algorithm):
+    faults = dict(algorithm=algorithm, drop=0.2, churn=0.2, stragglers=0.3, local_epochs=2)
+
+    a = simulate(ds, seed=1, **faults)
+    b = simulate(ds, seed=1, **faults)
+    c = simulate(ds, seed=2, **faults)
+
+    assert same_rows(a.rows, b.rows)
+    for sa, sb in zip(a.final_states(), b.final_states(), strict=True):
+        assert all(np.array_equal(sa[k], sb[k]) for k in sa)
+    assert not same_rows(a.rows, c.rows)
+    assert not np.array_equal(flatten(a.final_states()[0]), flatten(c.final_states()[0]))
+
+
+# --- faults
+
+
+def steps_of(sim: Simulator) -> list[int]:
+    return [j.steps for call in sim.pool.calls for j in call]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_faulty_runs_finish_and_their_counters_show_it(ds, algorithm):
+    rounds = 4
+    clean = simulate(ds, algorithm=algorithm, rounds=rounds, local_epochs=4)
+    faulty = simulate(ds, algorithm=algorithm, rounds=rounds, local_epochs=4,
+                      drop=0.3, churn=0.3, stragglers=0.3)
+
+    for sim in (clean, faulty):
+        assert [r["round"] for r in sim.rows] == list(range(1, rounds + 1))
+        assert all(0.0 <= r["ua_mean"] <= 1.0 for r in sim.rows)
+        assert np.isfinite(np.concatenate([flatten(s) for s in sim.final_states()])).all()
+        last = sim.rows[-1]
+        assert last["bytes_sent_total"] == sum(sim.bytes_sent.values())
+        assert last["messages_dropped"] <= last["messages_sent"]
+    assert set(clean.steps_per_epoch.values()) == {1}  # 7-8 utterances, batch 32
+    assert set(steps_of(clean)) == {4}
+    assert 1 <= min(steps_of(faulty)) < 4  # stragglers do 10-50% of the steps, at least one
+    assert column(clean, "online").min() == 8
+    assert column(faulty, "online").min() < 8
+    c, f = clean.rows[-1], faulty.rows[-1]
+    assert c["messages_dropped"] == 0
+    if algorithm == "local":
+        assert c["messages_sent"] == f["messages_sent"] == f["bytes_sent_total"] == 0
+        return
+    assert f["messages_dropped"] > 0
+    assert 0 < f["bytes_sent_total"] < c["bytes_sent_total"]
+    assert np.all(np.diff(column(faulty, "bytes_sent_total")) > 0)
+
+
+def test_churn_offline_peers_neither_train_nor_send(ds):
+    sim = simulate(ds, algorithm="dpsgd", topology="ring", rounds=5, churn=0.3)
+
+    online = column(sim, "online").astype(int)
+    size = len(encode(Message(kind="model", run=sim.setup.run_id, sender=0, round=1,
+                              params=sim.setup.init), secret=SIM_SECRET))
+    assert [len(call) for call in sim.pool.calls] == list(online)
+    sent = column(sim, "messages_sent").astype(int)
+    # on a ring each online peer sends two messages a round, all of one size
+    assert list(np.diff(sent, prepend=0)) == list(2 * online)
+    assert list(column(sim, "bytes_sent_total").astype(int)) == list(sent * size)
+    assert 0 < sim.rows[-1]["messages_dropped"] < sent[-1]
+
+
+def test_drop_loses_about_that_share_of_messages(ds):
+    sim = simulate(ds, algorithm="dpsgd", topology="ring", rounds=5, drop=0.3, local_epochs=0)
+
+    last = sim.rows[-1]
+    assert last["messages_sent"] == 5 * 8 * 2
+    assert 0.15 < last["messages_dropped"] / last["messages_sent"] < 0.45
+
+
+def test_fedavg_fraction_trains_a_share_of_clients(ds):
+    sim = simulate(ds, algorithm="fedavg", fraction=0.5, rounds=3)
+
+    assert [len(call) for call in sim.pool.calls] == [4, 4, 4]
+    assert len({tuple(j.peer for j in call) for call in sim.pool.calls}) > 1
+    last = [j.peer for j in sim.pool.calls[-1]]
+    others = [i for i in range(8) if i not in last]
+    states = sim.final_states()
+    # clients not asked in the last round hold the global model it started from
+    assert all(np.array_equal(flatten(states[i]), flatten(states[others[0]])) for i in others)
+    # the server's model is the sample-weighted average of the last round's updates
+    expected = combine([states[i] for i in last], [sim.peers[i].samples for i in last])
+    for k, v in sim.server.params.items():
+        np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-7)
+
+
+# --- worker processes
+
+
+def test_process_pool_matches_serial_pool(ds):
+    gossip = dict(algorithm="dpsgd", peers=6, rounds=2, local_epochs=1)
+    assert torch.get_num_threads() == 1  # as in the workers (one_torch_thread)
+    serial = simulate(ds, pool_cls=SerialPool, **gossip)
+
+    parallel = simulate(ds, pool_cls=lambda spec, shards: ProcessPool(spec, shards, workers=2),
+                        **gossip)
+
+    assert parallel.pool.workers == 2
+    for s, p in zip(serial.final_states(), parallel.final_states(), strict=True):
+        np.testing.assert_allclose(flatten(p), flatten(s), rtol=1e-5, atol=1e-5)
+    assert column(parallel, "ua_mean") == pytest.approx(column(serial, "ua_mean"))
+
+
+# --- command line
+
+
+def cli_simulate(corpus: Path, cache: Path, out: Path, *extra: str) -> int:
+    return main(["simulate", "--data", str(corpus), "--cache-dir", str(cache), "--out", str(out),
+                 "--rounds", "2", "--test-speakers", "spk06", "--model", "dnn", "--width", "8",
+                 "--workers", "1", *extra])
+
+
+def test_cli_simulate_writes_metrics_and_summary(sim_corpus, sim_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+
+    rc = cli_simulate(sim_corpus, sim_cache, out, "--display", "plain", "--peers", "8",
+                      "--partition", "iid", "--topology", "ring")
+
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    with (out / "metrics.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == CSV_COLUMNS
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert all(r["ua_mean"] != "" and r["consensus_distance"] != "" for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "dpsgd" and summary["topology"] == "ring"
+    assert summary["peers"] == 8 and summary["rounds"] == 2
+    assert summary["wall_s"] >= 0
+    assert summary["bytes_sent_total"] >= summary["bytes_sent_max_peer"] > 0
+    final = summary["final"]
+    for key in ("ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model"):
+        assert 0.0 <= final[key] <= 1.0, key
+    assert final["ua_min"] <= final["ua_mean"] <= final["ua_max"]
+    assert final["consensus_distance"] >= 0
+    assert summary["test_speakers"] == ["spk06"]
+    assert "round 2/2" in captured.out and "final: UA mean" in captured.out
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "push-sum"])
+def test_cli_live_display_on_a_non_terminal(sim_corpus, sim_cache, tmp_path, capsys, algorithm):
+    rc = cli_simulate(sim_corpus, sim_cache, tmp_path / "run", "--display", "live",
+                      "--algorithm", algorithm)
+
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "gossip simulation" in captured.out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["algorithm"] == algorithm and summary["peers"] == 5  # one per speaker
+
+
+def test_cli_topology_show_make_and_show_file(tmp_path, capsys):
+    assert main(["topology", "show", "ring", "--peers", "8"]) == 0
+    shown = capsys.readouterr().out
+    assert "8 nodes, 8 edges" in shown and "diameter 4" in shown
+    assert "second largest eigenvalue modulus" in shown
+
+    path = tmp_path / "reg.txt"
+    assert main(["topology", "make", "regular:4", "--peers", "10", "--out", str(path)]) == 0
+    assert "wrote 10 nodes, 20 edges" in capsys.readouterr().out
+    assert main(["topology", "show", str(path)]) == 0
+    assert "10 nodes, 20 edges, degree 4-4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--algorithm", "gossipy"], "unknown algorithm"),
+    (["--drop", "1.5"], "drop"),
+    (["--peers", "12", "--partition", "speaker"], "only 5 training speakers"),
+    (["--topology", "TOPOFILE", "--peers", "6", "--partition", "iid"], "peers=6"),
+    (["--test-speakers", "spk99"], "spk99"),
+])
+def test_cli_simulate_bad_input_is_one_line_and_exit_2(
+    sim_corpus, sim_cache, tmp_path, capsys, args, needle,
+):
+    topo = tmp_path / "ten.txt"
+    assert main(["topology", "make", "ring", "--peers", "10", "--out", str(topo)]) == 0
+    capsys.readouterr()
+    args = [str(topo) if a == "TOPOFILE" else a for a in args]
+
+    rc = main(["simulate", "--data", str(sim_corpus), "--cache-dir", str(sim_cache),
+               "--out", str(tmp_path / "run"), "--model", "dnn", "--width", "8",
+               "--workers", "1", "--rounds", "1", "--display", "none",
+               *(["--test-speakers", "spk06"] if "--test-speakers" not in args else []), *args])
+
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("gossipser: error:"), err
+    assert needle in err
+
+
+def test_cli_topology_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["topology", "show", "ring", "--peers", "2"]) == 2
+    assert main(["topology", "show", str(tmp_path / "missing.txt")]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("gossipser: error:") for line in err)
