@@ -150,6 +150,8 @@ class NetNode:
 def _reason(message: str) -> str:
     """A short, stable counter key for a rejection ('bad HMAC tag', 'shape', ...)."""
     text = message.removeprefix("wire: ")
+    if text.startswith("frame belongs to run"):  # names the sender's run id: not a stable key
+        return "run id"
     for key in ("HMAC", "run id", "shape", "dtype", "non-finite", "too large", "magic",
                 "version", "missing", "unexpected", "msgpack", "truncated", "kind"):
         if key.lower() in text.lower():

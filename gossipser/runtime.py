@@ -150,8 +150,9 @@ async def run_peer(
                         await node.send_all(peer.receive(msg))
                     pending.clear()
                 unreachable = await node.send_all(peer.outgoing())
-                await node.wait_until(lambda u=unreachable: not (peer.missing() - u),
-                                      net.wait_timeout)
+                await node.wait_until(
+                    lambda u=unreachable, r=r: not (peer.missing() - u - _past(node, r)),
+                    net.wait_timeout)
                 missing = len(peer.missing())
                 peer.end_round()
                 row = await _evaluate(pool, peer.params, r, cfg.eval_every, cfg.rounds)
@@ -175,7 +176,7 @@ async def run_peer(
     final_scores = pool.evaluate([peer.params])[0]
     summary = {"peer": pid, "run": setup.run_id, "algorithm": cfg.algorithm,
                "rounds": cfg.rounds, "rows": rows, "final": final_scores.to_dict(),
-               "bytes_sent": transport.stats.bytes_sent, "rejected": dict(node.rejected),
+               "bytes_sent": transport.stats.bytes_sent, "rejected": _rejections(node, transport),
                "wall_s": round(time.perf_counter() - t0, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -186,11 +187,25 @@ def _ahead(node: NetNode, allowed: set[int]) -> int:
     return max((node.heard_round.get(j, 0) for j in allowed), default=0)
 
 
+def _past(node: NetNode, r: int) -> set[int]:
+    """Nodes already beyond round `r`. A sender's frames arrive in order, so if its round-`r`
+    message is not here it went to the process we were before a restart: stop waiting."""
+    return {j for j, h in node.heard_round.items() if h > r}
+
+
 async def _evaluate(pool: SerialPool, params: Params, r: int, every: int, last: int) -> dict:
     if r % every and r != last:
         return {"ua": "", "wa": "", "macro_f1": ""}
     (s,) = await asyncio.to_thread(pool.evaluate, [params])
     return {"ua": s.ua, "wa": s.wa, "macro_f1": s.macro_f1}
+
+
+def _rejections(node: NetNode, transport) -> dict[str, int]:
+    """Frames refused by the checks, plus those the transport dropped before decoding."""
+    st = transport.stats
+    dropped = {"oversized": st.oversized_dropped, "truncated": st.truncated_dropped,
+               "inbox overflow": st.overflow_dropped}
+    return dict(node.rejected) | {k: v for k, v in dropped.items() if v}
 
 
 def _counters(node: NetNode, transport) -> dict:
@@ -253,7 +268,7 @@ async def run_server(
     np.savez(out / "global.npz", **server.params)
     summary = {"peer": SERVER_ID, "run": setup.run_id, "algorithm": "fedavg",
                "rounds": setup.cfg.rounds, "rows": rows, "final": scores.to_dict(),
-               "bytes_sent": transport.stats.bytes_sent, "rejected": dict(node.rejected),
+               "bytes_sent": transport.stats.bytes_sent, "rejected": _rejections(node, transport),
                "wall_s": round(time.perf_counter() - t0, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

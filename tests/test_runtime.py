@@ -1,0 +1,495 @@
+"""The networked runtime: same weights as the simulator, real peer processes over TCP and MQTT,
+faults (a killed peer, a broker restart, hostile frames) and what a peer's bytes reveal.
+
+Everything runs on loopback with a CNN of width 8 on the tiny synthetic corpus; every run is
+bounded (asyncio.timeout, subprocess timeouts) and every process started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gossipser import runtime
+from gossipser.broker import Mosquitto, mosquitto_path
+from gossipser.dataset import Dataset, load_dataset
+from gossipser.features import prepare_signal
+from gossipser.gossip import GossipConfig, RunSetup, setup_run
+from gossipser.models import ModelConfig
+from gossipser.node import NetworkConfig
+from gossipser.simulator import Simulator
+from gossipser.train import TrainConfig
+from gossipser.transport import MemoryHub
+from gossipser.wire import MAGIC, Message, decode, encode
+from gossipser.workers import SerialPool
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHER = REPO / "scripts" / "launch_local.py"
+SECRET = b"test-run-secret"
+TEST_SPEAKERS = ("spk04",)  # 3 training speakers, 36 utterances split iid over 4 peers
+MODEL = ModelConfig(kind="cnn", width=8)
+needs_mosquitto = pytest.mark.skipif(
+    mosquitto_path() is None, reason="mosquitto not installed (apt-get install mosquitto)"
+)
+
+
+def _load_launcher():
+    spec = importlib.util.spec_from_file_location("launch_local", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+launch_local = _load_launcher()
+
+
+# fixtures and helpers ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runtime_cache")
+
+
+@pytest.fixture(scope="module")
+def ds(tiny_corpus: Path, cache_dir: Path) -> Dataset:
+    return load_dataset(tiny_corpus, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def base_config(tiny_corpus: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Path:
+    """The run config the process tests start from; the launcher adds [network]."""
+    path = tmp_path_factory.mktemp("runtime_config") / "base.toml"
+    path.write_text(launch_local.to_toml({
+        "data": {"path": str(tiny_corpus), "test_speakers": list(TEST_SPEAKERS), "seed": 0,
+                 "cache_dir": str(cache_dir)},
+        "model": {"kind": MODEL.kind, "width": MODEL.width},
+        "gossip": {"topology": "ring", "partition": "iid"},
+    }))
+    return path
+
+
+def make_setup(ds: Dataset, algorithm: str, *, rounds: int = 3) -> RunSetup:
+    cfg = GossipConfig(algorithm=algorithm, topology="ring", rounds=rounds, peers=4,
+                       partition="iid", workers=1)
+    return setup_run(ds, cfg=cfg, model=MODEL, train=TrainConfig(), test_speakers=TEST_SPEAKERS,
+                     seed=0)
+
+
+def tcp_net(**timeouts: float) -> NetworkConfig:
+    base = launch_local.free_port_block(5)
+    return NetworkConfig(transport="tcp", server_port=base, base_port=base + 1,
+                         **{"wait_timeout": 10.0, "start_timeout": 20.0, **timeouts})
+
+
+async def run_network(
+    setup: RunSetup, net: NetworkConfig, out: Path, *, limit: float = 60.0,
+    status: Callable[[int], runtime.Status | None] = lambda pid: None,
+    hub: MemoryHub | None = None,
+) -> list[dict]:
+    """Every peer (and the FedAvg server, last) as tasks of this event loop, within `limit` s."""
+    runs = [runtime.run_peer(setup, i, net, out / f"peer-{i}", hub=hub, secret=SECRET,
+                             status=status(i)) for i in range(setup.n_peers)]
+    if setup.cfg.algorithm == "fedavg":
+        runs.append(runtime.run_server(setup, net, out / "server", hub=hub, secret=SECRET))
+    async with asyncio.timeout(limit):
+        return await asyncio.gather(*runs)
+
+
+def saved_params(folder: Path, name: str = "model.npz") -> dict[str, np.ndarray]:
+    with open(folder / name, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+class Recording:
+    """A transport that keeps a copy of every frame it sends (the runtime sees no difference)."""
+
+    def __init__(self, inner, sent: list[bytes]) -> None:
+        self.inner = inner
+        self.sent = sent
+
+    @property
+    def stats(self):
+        return self.inner.stats
+
+    async def __aenter__(self) -> Recording:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.inner.__aexit__(*exc_info)
+
+    async def send(self, dest: int, frame: bytes) -> None:
+        self.sent.append(bytes(frame))
+        await self.inner.send(dest, frame)
+
+    def incoming(self):
+        return self.inner.incoming()
+
+
+@pytest.fixture
+def transports(monkeypatch: pytest.MonkeyPatch) -> dict[int, Recording]:
+    """node id -> its transport, recording what it sends, for the runs of one test."""
+    opened: dict[int, Recording] = {}
+    real = runtime.open_transport
+
+    def recording_open(cfg, *, hub=None):
+        opened[cfg.node] = Recording(real(cfg, hub=hub), [])
+        return opened[cfg.node]
+
+    monkeypatch.setattr(runtime, "open_transport", recording_open)
+    return opened
+
+
+# equivalence with the simulator -------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["dpsgd", "fedavg"])
+async def test_tcp_run_gives_the_simulators_weights(ds: Dataset, tmp_path: Path,
+                                                    algorithm: str) -> None:
+    # Prepare: the simulator's run, same seed, partition and topology
+    setup = make_setup(ds, algorithm)
+    with SerialPool(setup.pool_spec(), [setup.shard(i) for i in range(setup.n_peers)]) as pool:
+        sim = Simulator(setup, pool)
+        sim.run()
+    # Execute: the same run with every node on its own TCP port
+    results = await run_network(setup, tcp_net(), tmp_path)
+    # Assert
+    assert [len(r["rows"]) for r in results[:4]] == [3] * 4
+    assert all(r["rows"][-1]["missing"] == 0 for r in results[:4])
+    if algorithm == "dpsgd":
+        for i in range(setup.n_peers):
+            assert max_diff(saved_params(tmp_path / f"peer-{i}"), sim.peers[i].params) < 1e-5
+    else:
+        server = saved_params(tmp_path / "server", "global.npz")
+        assert max_diff(server, sim.server.params) < 1e-5
+        assert [r["updates"] for r in results[4]["rows"]] == [4, 4, 4]
+        for i in range(setup.n_peers):  # every client ends with the last global model
+            assert max_diff(saved_params(tmp_path / f"peer-{i}"), server) < 1e-6
+
+
+# real processes: the launcher end to end ----------------------------------------------------
+def run_launcher(args: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """scripts/launch_local.py as a user runs it; SIGTERM (it then stops its children) on
+    timeout."""
+    proc = subprocess.Popen([sys.executable, str(LAUNCHER), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=15)
+        pytest.fail(f"launch_local did not finish in {timeout} s:\n{stdout}\n{stderr}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def check_summary(out: Path, *, algorithm: str, transport: str, rounds: int) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == algorithm
+    assert (summary["peers"], summary["rounds"], summary["transport"]) == (4, rounds, transport)
+    assert summary["topology"] == ("server" if algorithm == "fedavg" else "ring")
+    nodes = [f"peer-{i}" for i in range(4)] + (["server"] if algorithm == "fedavg" else [])
+    assert sorted(summary["bytes_sent"]) == sorted(nodes)
+    assert summary["bytes_sent_total"] == sum(summary["bytes_sent"].values())
+    assert summary["bytes_sent_max_peer"] == max(summary["bytes_sent"].values()) > 0
+    assert summary["wall_s"] > 0
+    f = summary["final"]
+    for key in ("ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model"):
+        assert 0.0 <= f[key] <= 1.0, key
+    assert f["ua_min"] <= f["ua_mean"] <= f["ua_max"]
+    assert f["consensus_distance"] >= 0.0
+    for node in nodes:
+        peer = json.loads((out / node / "summary.json").read_text())
+        assert [r["round"] for r in peer["rows"]] == list(range(1, rounds + 1))
+        assert peer["rejected"] == {}
+    return summary
+
+
+@pytest.mark.slow
+def test_launch_local_tcp_runs_peer_processes_to_the_end(tmp_path: Path) -> None:
+    # Execute: no config, so the launcher writes the synthetic corpus and a short run
+    done = run_launcher(["--peers", "4", "--transport", "tcp", "--rounds", "3",
+                         "--out", str(tmp_path)])
+    # Assert
+    assert done.returncode == 0, done.stderr
+    summary = check_summary(tmp_path, algorithm="dpsgd", transport="tcp", rounds=3)
+    assert summary["bytes_sent_server"] == 0
+    assert "final: UA mean" in done.stdout
+    for i in range(4):
+        assert f"peer {i}: done" in (tmp_path / f"peer-{i}.log").read_text()
+    assert not launch_local_children(tmp_path)
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_launch_local_mqtt_fedavg_runs_server_and_peers(tmp_path: Path, base_config: Path
+                                                        ) -> None:
+    done = run_launcher(["--peers", "4", "--transport", "mqtt", "--algorithm", "fedavg",
+                         "--rounds", "3", "--config", str(base_config), "--out", str(tmp_path)])
+    assert done.returncode == 0, done.stderr
+    summary = check_summary(tmp_path, algorithm="fedavg", transport="mqtt", rounds=3)
+    assert summary["bytes_sent_server"] == summary["bytes_sent_max_peer"]
+    assert summary["final"]["consensus_distance"] == 0.0  # clients end on the global model
+    assert not launch_local_children(tmp_path)
+    port = int(re.search(r"mosquitto on 127\.0\.0\.1:(\d+)", done.stdout).group(1))
+    with pytest.raises(OSError):  # the launcher's broker is gone too
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def launch_local_children(out: Path) -> list[str]:
+    """Processes still running that were started for `out` (there should be none)."""
+    found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
+    return [line for line in found.stdout.splitlines() if str(out) in line]
+
+
+# faults -----------------------------------------------------------------------------------
+def checkpoint_header(folder: Path) -> dict | None:
+    try:
+        with (open(folder / "checkpoint.npz", "rb") as fh,
+              np.load(fh, allow_pickle=False) as z):
+            return json.loads(bytes(z["_header"]).decode())
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
+    give_up = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > give_up:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_killed_peer_process_resumes_from_its_checkpoint(tmp_path: Path, base_config: Path
+                                                         ) -> None:
+    # Prepare: four `gossipser peer` processes over TCP; a dead neighbour costs the others
+    # send_timeout per round, so they are still running when it comes back
+    rounds = 12
+    config = launch_local.write_run_config(
+        tmp_path, peers=4, transport="tcp", algorithm="dpsgd", rounds=rounds,
+        config=str(base_config),
+        network={"send_timeout": 3.0, "wait_timeout": 6.0, "start_timeout": 40.0})
+    procs = launch_local.plan_processes(config, tmp_path, peers=4, fedavg=False)
+    victim = procs[1]
+    env = launch_local.child_env("kill-test-secret")
+    restarted = launch_local.Proc("peer-1 again", victim.cmd, victim.out,
+                                  tmp_path / "peer-1.restart.log")
+    try:
+        for p in procs:
+            launch_local.start(p, env)
+        # Execute: SIGKILL peer 1 once it has checkpointed a round, then start it again
+        wait_for((victim.out / "checkpoint.npz").exists, 60, "peer 1's first checkpoint")
+        victim.popen.send_signal(signal.SIGKILL)
+        assert victim.popen.wait(10) == -signal.SIGKILL
+        saved = checkpoint_header(victim.out)
+        assert saved is not None and saved["round"] < rounds, "killed too late to test resume"
+        launch_local.start(restarted, env)
+        others = [p for p in procs if p is not victim] + [restarted]
+        wait_for(lambda: all(p.popen.poll() is not None for p in others), 90, "the run to end")
+    finally:
+        launch_local.stop_all([*procs, restarted])
+    # Assert: everyone finished; peer 1 went on from its checkpoint, not from round 1
+    for p in others:
+        assert p.popen.returncode == 0, launch_local.log_tail(p.log)
+    k = saved["round"]
+    summary = json.loads((victim.out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert rows[:k] == saved["rows"]
+    numbers = [r["round"] for r in rows]
+    assert numbers == sorted(set(numbers)) and numbers[-1] == rounds
+    again = [int(n) for n in re.findall(r"peer 1: round (\d+)", restarted.log.read_text())]
+    assert again and min(again) > k
+    assert again == numbers[k:]
+    for i in (0, 2, 3):
+        other = json.loads((tmp_path / f"peer-{i}" / "summary.json").read_text())
+        assert [r["round"] for r in other["rows"]] == list(range(1, rounds + 1))
+
+
+@needs_mosquitto
+async def test_peers_reconnect_and_finish_after_a_broker_restart(
+        ds: Dataset, tmp_path: Path, transports: dict) -> None:
+    # Prepare
+    setup = make_setup(ds, "dpsgd", rounds=4)
+    stopped = asyncio.Event()
+
+    async def restart(broker: Mosquitto) -> None:
+        await stopped.wait()
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(broker.start)
+
+    with Mosquitto() as broker:
+        def status(pid: int) -> runtime.Status | None:
+            def stop_after_round_one(row: dict) -> None:
+                if row.get("round") == 1:  # in the peer's loop: nobody moves on meanwhile
+                    broker.stop()
+                    stopped.set()
+            return stop_after_round_one if pid == 0 else None
+
+        net = NetworkConfig(transport="mqtt", broker_port=broker.port, wait_timeout=5.0,
+                            send_timeout=15.0, start_timeout=20.0)
+        # Execute: stop the broker when peer 0 ends round 1, start it again a second later
+        bouncer = asyncio.create_task(restart(broker))
+        try:
+            results = await run_network(setup, net, tmp_path, status=status, limit=90)
+        finally:
+            bouncer.cancel()
+            await asyncio.gather(bouncer, return_exceptions=True)
+    # Assert: the broker went down mid-run, every peer reconnected and finished
+    assert stopped.is_set() and bouncer.done() and not bouncer.cancelled()
+    assert [[r["round"] for r in res["rows"]] for res in results] == [[1, 2, 3, 4]] * 4
+    assert all(transports[i].stats.reconnects >= 1 for i in range(4))
+
+
+def sign(body: bytes) -> bytes:
+    """A frame around a hand-made msgpack body, with a valid tag."""
+    return MAGIC + body + hmac.digest(SECRET, MAGIC + body, "sha256")
+
+
+def hostile_frames(setup: RunSetup) -> list[tuple[str, bytes]]:
+    """Frames peer 0 must refuse, each with the reason it should be counted under."""
+    good = Message(kind="model", run=setup.run_id, sender=1, round=1, samples=9,
+                   params=setup.init)
+    frame = encode(good, secret=SECRET)
+    name = next(iter(setup.init))
+    wrong = dict(setup.init, **{name: np.zeros(setup.init[name].size + 1, np.float32)})
+    body = msgpack.unpackb(frame[len(MAGIC):-32], raw=False)
+    for entry in body["params"]:  # NaN cannot be encoded: make it by hand
+        if entry[0] == name:
+            entry[3] = np.full(setup.init[name].shape, np.nan, np.float32).tobytes()
+    return [
+        ("magic", b"\0" + os.urandom(199)),  # garbage
+        ("HMAC", frame[: len(frame) // 2]),  # truncated
+        ("HMAC", frame[:-1] + bytes([frame[-1] ^ 1])),  # one bit of the tag flipped
+        ("shape", encode(Message(kind="model", run=setup.run_id, sender=1, round=1,
+                                 params=wrong), secret=SECRET)),
+        ("non-finite", sign(msgpack.packb(body, use_bin_type=True))),
+        ("run id", encode(Message(kind="model", run="another-run", sender=1, round=1,
+                                  params=setup.init), secret=SECRET)),
+        ("sender is not a neighbour", encode(Message(
+            kind="model", run=setup.run_id, sender=2, round=1, params=setup.init),
+            secret=SECRET)),
+    ]
+
+
+async def send_raw(port: int, data: bytes) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        with contextlib.suppress(ConnectionError):  # peer 0 hangs up on an oversized frame
+            await writer.drain()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
+        ds: Dataset, tmp_path: Path, transports: dict) -> None:
+    # Prepare: a ring 0-1-2-3 over TCP; frames go to peer 0 (neighbours 1 and 3)
+    setup = make_setup(ds, "dpsgd", rounds=6)
+    assert sorted(setup.graph.neighbors(0)) == [1, 3]
+    net = tcp_net()
+    port = net.base_port
+    frames = hostile_frames(setup)
+    round_one = asyncio.Event()
+
+    def status(pid: int) -> runtime.Status | None:
+        return (lambda row: round_one.set() if row.get("round") == 1 else None) if pid == 0 \
+            else None
+
+    async def attack() -> None:
+        await round_one.wait()
+        stream = b"".join(len(f).to_bytes(4, "big") + f for _, f in frames)
+        await send_raw(port, stream)
+        await send_raw(port, (2**32 - 1).to_bytes(4, "big") + b"x" * 64)  # oversized
+        await send_raw(port, (5000).to_bytes(4, "big") + b"cut short")  # truncated stream
+
+    # Execute
+    attacker = asyncio.create_task(attack())
+    try:
+        results = await run_network(setup, net, tmp_path, status=status)
+    finally:
+        attacker.cancel()
+        await asyncio.gather(attacker, return_exceptions=True)
+    # Assert: every frame refused and counted, and the run completed all the same
+    assert attacker.done() and not attacker.cancelled() and attacker.exception() is None
+    expected = Counter(reason for reason, _ in frames) + Counter(oversized=1, truncated=1)
+    assert results[0]["rejected"] == expected
+    assert results[0]["rows"][-1]["rejected"] == len(frames)
+    stats = transports[0].stats
+    assert (stats.oversized_dropped, stats.truncated_dropped) == (1, 1)
+    assert all(r["rejected"] == {} for r in results[1:])
+    assert [len(res["rows"]) for res in results] == [6] * 4
+    assert all(r["rows"][-1]["missing"] == 0 for r in results)
+
+
+# privacy ----------------------------------------------------------------------------------
+WINDOW = 64
+
+
+def windows(data: bytes) -> set[bytes]:
+    """Every WINDOW-byte substring of `data`, at every offset."""
+    return {data[i:i + WINDOW] for i in range(len(data) - WINDOW + 1)}
+
+
+def leaks(sent: set[bytes], private: np.ndarray) -> int:
+    """Aligned WINDOW-byte pieces of `private` found in what was sent (a leak of WINDOW +
+    itemsize bytes or more always contains one). Near-constant pieces (padding) are no
+    evidence and are skipped."""
+    raw = np.ascontiguousarray(private).tobytes()
+    step = private.dtype.itemsize
+    hits = (raw[j:j + WINDOW] for j in range(0, len(raw) - WINDOW + 1, step))
+    return sum(1 for w in hits if w in sent and len(set(w)) > 8)
+
+
+async def test_a_peer_sends_no_audio_and_no_features(ds: Dataset, tmp_path: Path,
+                                                     transports: dict) -> None:
+    # Prepare: peer 0's private data as the bytes it could leak
+    setup = make_setup(ds, "dpsgd")
+    mine = setup.parts[0]
+    private: list[np.ndarray] = [setup.shard(0).x]
+    for i in mine:
+        path = Path(ds.paths[i])
+        private += [sf.read(path, dtype="int16")[0], sf.read(path, dtype="float32")[0],
+                    prepare_signal(path, ds.cfg).astype(np.float32), ds.frames[i]]
+    # Execute: a whole run, recording every frame peer 0 sends
+    await run_network(setup, tcp_net(), tmp_path)
+    sent_frames = transports[0].sent
+    sent = windows(b"".join(sent_frames))
+    # Assert: the recording works (it holds the weights peer 0 sent) but holds none of its data
+    assert len(sent_frames) >= 3 * 2
+    weights = decode(sent_frames[-1], secret=SECRET).params
+    assert leaks(sent, max(weights.values(), key=np.size)) > 0  # control: sent arrays are found
+    planted = windows(b"".join(sent_frames) + ds.frames[mine[0]].tobytes())
+    assert leaks(planted, ds.frames[mine[0]]) > 0  # control: planted features are found
+    found = {i: leaks(sent, a) for i, a in enumerate(private)}
+    assert sum(a.nbytes for a in private) > 1_000_000
+    assert not any(found.values()), {i: n for i, n in found.items() if n}
