@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -22,13 +22,16 @@ class BaselineResult:
     model: nn.Module
     scores: Scores
     losses: list[float]
+    history: list[tuple[int, Scores]] = field(default_factory=list)  # (epoch, test scores)
 
 
 def train_centralized(
     ds: Dataset, train_idx: np.ndarray, test_idx: np.ndarray, *, model_cfg: ModelConfig,
     train_cfg: TrainConfig, seed: int, on_epoch: EpochCallback | None = None,
+    eval_every: int = 0,
 ) -> BaselineResult:
-    """Train one model on `train_idx`, evaluate on the held-out `test_idx`."""
+    """Train one model on `train_idx`, evaluate on the held-out `test_idx` (also every
+    `eval_every` epochs when > 0, kept in `history`)."""
     model = build_model(
         model_cfg, n_features=n_inputs(ds.cfg, model_cfg), n_classes=len(ds.classes), seed=seed,
     )
@@ -37,11 +40,13 @@ def train_centralized(
         model=model, x=x_train, y=ds.labels[train_idx], n_classes=len(ds.classes),
         cfg=train_cfg, seed=seed,
     )
-    losses = []
+    x_test, y_test = ds.inputs(model_cfg.view, test_idx), ds.labels[test_idx]
+    losses, history = [], []
     for epoch in range(train_cfg.epochs):
         losses.append(trainer.train_epochs(1))
+        if eval_every and (epoch + 1) % eval_every == 0:
+            history.append((epoch + 1, evaluate(model, x_test, y_test, len(ds.classes))))
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
-    scores = evaluate(model, ds.inputs(model_cfg.view, test_idx), ds.labels[test_idx],
-                      len(ds.classes))
-    return BaselineResult(model=model, scores=scores, losses=losses)
+    scores = evaluate(model, x_test, y_test, len(ds.classes))
+    return BaselineResult(model=model, scores=scores, losses=losses, history=history)
