@@ -237,9 +237,13 @@ def cmd_simulate(args: Any) -> int:
     elif display == "plain":
         listeners.append(PlainDisplay(console))
     shards = [setup.shard(i) for i in range(setup.n_peers)]
-    with make_pool(setup.pool_spec(), shards, workers=gcfg.workers) as pool:
-        sim = Simulator(setup, pool, listeners=listeners)
-        summary = sim.run()
+    try:
+        with make_pool(setup.pool_spec(), shards, workers=gcfg.workers) as pool:
+            summary = Simulator(setup, pool, listeners=listeners).run()
+    finally:
+        for listener in listeners:
+            if hasattr(listener, "close"):
+                listener.close()
     summary.update(config={"gossip": gcfg.to_dict(), "model": model_cfg.to_dict(),
                            "train": train_cfg.to_dict(), "features": features.to_dict()},
                    test_speakers=list(test))

@@ -44,6 +44,10 @@ class MetricsWriter:
             self._writer.writerow({k: _fmt(v) for k, v in event.row.items()})
             self._file.flush()
         elif isinstance(event, RunFinished):
+            self.close()
+
+    def close(self) -> None:
+        if not self._file.closed:
             self._file.close()
 
 
@@ -103,7 +107,13 @@ class LiveDisplay:
                 self.live.update(self._render())
         elif isinstance(event, RunFinished) and self.live is not None:
             self.live.update(self._render())
+            self.close()
+
+    def close(self) -> None:
+        """Stop the live view (also when the run ends early, e.g. on Ctrl-C)."""
+        if self.live is not None:
             self.live.stop()
+            self.live = None
 
     def _render(self):
         i = self.info

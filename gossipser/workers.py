@@ -10,6 +10,7 @@ peers over processes with one torch thread each.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -116,6 +117,8 @@ class SerialPool:
 
 
 def _worker_main(conn, spec: PoolSpec, shards: list[Shard]) -> None:
+    # Ctrl-C is the parent's to handle: it closes the pool, which stops this worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     trainers = _Trainers(spec, shards)
     conn.send(("ready", {p: t.steps_per_epoch() for p, t in trainers.trainers.items()}))
@@ -192,23 +195,28 @@ class ProcessPool:
                 out[i] = s
         return out  # type: ignore[return-value]
 
-    def close(self) -> None:
+    def close(self, *, now: bool = False) -> None:
+        """Stop the workers: politely, or at once (`now`, e.g. after Ctrl-C mid-round)."""
         for conn in self._conns:
             try:
                 conn.send(("stop", None))
             except (OSError, BrokenPipeError):
                 pass
         for proc in self._procs:
+            if now:
+                proc.terminate()
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
+        for conn in self._conns:
+            conn.close()
         self._conns, self._procs = [], []
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(now=exc_type is not None)
 
 
 def make_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int):
