@@ -34,11 +34,11 @@ def dispatch(args: Any) -> int:
 
 def synthetic_corpus(cache_dir: Path | None, console) -> Path:
     """The default corpus: generated once into the cache, then reused."""
-    from gossipser.synth import SynthConfig, write_corpus
+    from gossipser.synth import SYNTH_VERSION, SynthConfig, write_corpus
 
     cfg = SynthConfig(**SYNTH_DEFAULT)
     root = (Path(cache_dir) if cache_dir else default_cache_dir()) / (
-        f"synth-s{cfg.speakers}-p{cfg.per_emotion}-seed{cfg.seed}")
+        f"synth-v{SYNTH_VERSION}-s{cfg.speakers}-p{cfg.per_emotion}-seed{cfg.seed}")
     done = root / ".complete"
     if not done.exists():
         with progress(console, "synthesising corpus", 1) as update:

@@ -17,6 +17,9 @@ from scipy.fft import irfft, rfft
 
 from gossipser.errors import ConfigError, CorpusError
 
+# Bumped whenever the synthesis changes, so cached corpora are regenerated.
+SYNTH_VERSION = 1
+
 EMOTIONS: tuple[str, ...] = (
     "neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised",
 )
