@@ -11,11 +11,6 @@ mkdir -p "$OUT"
 for m in cnn dnn lstm; do
   $G train --data "$DATA" --model $m --test-speakers $TEST --seed 0 --out "$OUT/ravdess-$m"
 done
-# gossip on 20 single-speaker peers, CNN (issue 3)
-SIM=(simulate --data "$DATA" --model cnn --test-speakers $TEST --seed 0 --rounds 100
-     --local-epochs 2 --eval-every 5 --display plain)
-$G "${SIM[@]}" --algorithm dpsgd --topology ring --out "$OUT/sim-dpsgd-ring"
-$G "${SIM[@]}" --algorithm dpsgd --topology regular:4 --out "$OUT/sim-dpsgd-regular4"
-$G "${SIM[@]}" --algorithm gossip-learning --topology regular:4 --out "$OUT/sim-gossip-learning"
-$G "${SIM[@]}" --algorithm fedavg --out "$OUT/sim-fedavg"
-$G "${SIM[@]}" --algorithm local --out "$OUT/sim-local"
+# gossip vs FedAvg vs centralized on 20 single-speaker peers, CNN (issues 3 and 5)
+.venv/bin/python scripts/compare_convergence.py --data "$DATA" --out "$OUT/compare-ravdess" \
+  --seeds 0 --rounds 100 --local-epochs 2 --eval-every 10 --test-speakers $TEST
