@@ -23,22 +23,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from bench_wire import model_params  # scripts/ is on sys.path when a script runs
 
 from gossipser.broker import Mosquitto, free_port, mosquitto_path
 from gossipser.transport import Transport, TransportConfig, open_transport
 from gossipser.wire import Message, ModelSpec, decode, encode
 
-# Same small CNN as scripts/bench_wire.py: 49,160 float32 parameters (196,640 bytes).
-SHAPES = {
-    "conv1.weight": (32, 1, 5, 5),
-    "conv1.bias": (32,),
-    "conv2.weight": (64, 32, 3, 3),
-    "conv2.bias": (64,),
-    "fc1.weight": (128, 224),
-    "fc1.bias": (128,),
-    "fc2.weight": (8, 128),
-    "fc2.bias": (8,),
-}
 SECRET = b"bench-run-secret-0123456789abcdef"
 RUN = "bench"
 WARMUP = 10
@@ -226,7 +216,7 @@ def mqtt_pair(port: int) -> Callable[[], contextlib.AbstractAsyncContextManager]
 
 def make_model() -> Model:
     rng = np.random.default_rng(0)
-    params = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in SHAPES.items()}
+    params = model_params(rng)
     msg = Message(kind="model", run=RUN, sender=0, round=1, samples=96, params=params)
     return Model(msg=msg, spec=ModelSpec.from_params(params), frame=encode(msg, secret=SECRET))
 

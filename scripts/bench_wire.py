@@ -15,17 +15,16 @@ import numpy as np
 
 from gossipser.wire import MAGIC, TAG_LEN, Message, ModelSpec, decode, encode
 
-# A small CNN head: 8 arrays, 49,160 float32 parameters (196,640 bytes).
-SHAPES = {
-    "conv1.weight": (32, 1, 5, 5),
-    "conv1.bias": (32,),
-    "conv2.weight": (64, 32, 3, 3),
-    "conv2.bias": (64,),
-    "fc1.weight": (128, 224),
-    "fc1.bias": (128,),
-    "fc2.weight": (8, 128),
-    "fc2.bias": (8,),
-}
+
+def model_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random values in the shapes of gossipser's default model: the 1-D CNN on 13 MFCCs,
+    8 classes (52,040 parameters plus BatchNorm statistics, ~209 kB): the message peers send."""
+    from gossipser.models import ModelConfig, build_model, get_state
+
+    state = get_state(build_model(ModelConfig(), n_features=13, n_classes=8))
+    return {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in state.items()}
+
+
 SECRET = b"bench-run-secret-0123456789abcdef"
 
 
@@ -39,7 +38,7 @@ def main() -> None:
         return min(timeit.repeat(fn, number=args.number, repeat=args.repeat)) / args.number * 1e6
 
     rng = np.random.default_rng(0)
-    params = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in SHAPES.items()}
+    params = model_params(rng)
     spec = ModelSpec.from_params(params)
     msg = Message(kind="model", run="bench", sender=1, round=3, age=4.0, samples=96, params=params)
     frame = encode(msg, secret=SECRET)
