@@ -599,6 +599,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="peers (default: one per training speaker)")
     p.add_argument("--workers", type=int, metavar="N", help="training processes (default 2)")
     p.add_argument("--methods", metavar="LIST", help=f"subset of: {', '.join(CATALOG)}")
+    p.add_argument("--merge", metavar="DIR", nargs="+",
+                   help="run nothing: merge the outputs of earlier runs (e.g. one per seed, "
+                        "same settings) into --out, with tables and figures over all seeds")
     args = p.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
@@ -664,7 +667,59 @@ def write_outputs(out: Path, *, methods, runs, skipped, context, base, console) 
     console.print(findings(summary, base), soft_wrap=True)
 
 
+def merge_outputs(dirs: Sequence[str], out: Path, console) -> int:
+    """Tables and figures over the seeds of several earlier runs with the same settings."""
+    runs: dict[str, list[Run]] = {}
+    context: dict | None = None
+    skipped: dict[str, str] = {}
+    for d in map(Path, dirs):
+        try:
+            saved = json.loads((d / "runs.json").read_text())
+            with (d / "results.csv").open(newline="") as fh:
+                table = list(csv.DictReader(fh))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot merge {d}: {exc}") from None
+        ctx = saved["context"] | {"classes": saved["classes"]}
+        if context is None:
+            context = ctx
+        elif (ctx["corpus"], ctx["rounds"], ctx["peers"]) != (
+                context["corpus"], context["rounds"], context["peers"]):
+            raise ConfigError(f"cannot merge {d}: other corpus, rounds or peers than {dirs[0]}")
+        skipped |= saved["skipped"]
+        for f in saved["runs"]:
+            rows = [{k: _number(v) for k, v in r.items()} for r in table
+                    if r["method"] == f["method"] and int(r["seed"]) == f["seed"]]
+            final = {k: v for k, v in f.items() if k not in ("method", "seed", "wall_s")}
+            runs.setdefault(f["method"], []).append(
+                Run(f["method"], int(f["seed"]), rows, final, float(f["wall_s"])))
+    assert context is not None
+    seeds = sorted({r.seed for rs in runs.values() for r in rs})
+    context.update(seeds=",".join(map(str, seeds)), n_seeds=len(seeds))
+    context["describe"] = context["describe"].rsplit("seeds", 1)[0] + (
+        f"seeds {', '.join(map(str, seeds))}.")
+    methods = [CATALOG[m] for m in context["methods"] if m in runs]
+    base = GossipConfig(rounds=context["rounds"],
+                        local_epochs=context["central_epochs"] / context["rounds"])
+    write_outputs(out, methods=methods, runs=runs, skipped=skipped, context=context, base=base,
+                  console=console)
+    console.print(f"merged {len(dirs)} runs ({sum(map(len, runs.values()))} runs, seeds "
+                  f"{context['seeds']}) into {out}")
+    return 0
+
+
+def _number(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
 def run_all(args: argparse.Namespace, console) -> int:
+    if args.merge:
+        return merge_outputs(args.merge, Path(args.out), console)
     doc = read_toml(args.config)
     features, model_cfg, train_cfg = run_configs(args, doc)
     base = gossip_config(args, doc)

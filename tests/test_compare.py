@@ -136,3 +136,29 @@ def test_summary_table_matches_results_csv(result: Path) -> None:
         spread = re.search(r"± ([\d.]+)", cells["UA (%)"])
         assert spread is not None
         assert float(spread.group(1)) == pytest.approx(100 * np.std(finals, ddof=1), abs=0.051)
+
+
+def test_merge_rebuilds_the_same_tables_and_figures(compare: ModuleType, result: Path,
+                                                    tmp_path: Path) -> None:
+    # Prepare: the module fixture's run (two seeds) stands for runs made one seed at a time
+    out = tmp_path / "merged"
+
+    # Execute
+    code = compare.main(["--merge", str(result), "--out", str(out)])
+
+    # Assert: nothing re-run, the same numbers, every figure drawn again
+    assert code == 0
+    assert summary_table(out) == summary_table(result)
+    assert read_results(out) == read_results(result)
+    for name in compare.FIGURES:
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_merge_refuses_a_folder_without_results(compare: ModuleType, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    code = compare.main(["--merge", str(tmp_path), "--out", str(tmp_path / "out")])
+
+    # Assert
+    assert code == 2
+    assert "cannot merge" in capsys.readouterr().err
