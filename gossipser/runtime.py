@@ -9,10 +9,11 @@ neighbours moved on while it was down, fast-forwards to their round.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,24 @@ from gossipser.workers import SerialPool, TrainJob
 Status = Callable[[dict], None]
 ROW_COLUMNS = ("round", "ua", "wa", "macro_f1", "loss", "age", "bytes_sent", "frames_received",
                "rejected", "send_failures", "missing", "wall_s")
+
+
+@contextlib.asynccontextmanager
+async def _connected(
+    setup: RunSetup, net: NetworkConfig, node_id: int, *, secret: bytes, allowed: set[int],
+    on_message, hub: MemoryHub | None,
+) -> AsyncIterator[NetNode]:
+    """An open transport whose frames a `NetNode` receives in the background until exit."""
+    async with open_transport(transport_config(setup, net, node_id), hub=hub) as transport:
+        node = NetNode(node=node_id, transport=transport, secret=secret, run=setup.run_id,
+                       spec=ModelSpec.from_params(setup.init), allowed=allowed,
+                       on_message=on_message)
+        receiver = asyncio.create_task(node.receive_loop())
+        try:
+            yield node
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
 
 
 def transport_config(setup: RunSetup, net: NetworkConfig, node: int) -> TransportConfig:
@@ -109,74 +128,67 @@ async def run_peer(
 
     secret = secret if secret is not None else secret_from(net.secret)
     t0 = time.perf_counter()
-    async with open_transport(transport_config(setup, net, pid), hub=hub) as transport:
-        node = NetNode(node=pid, transport=transport, secret=secret, run=setup.run_id,
-                       spec=ModelSpec.from_params(setup.init), allowed=allowed,
-                       on_message=on_message)
-        receiver = asyncio.create_task(node.receive_loop())
-        try:
-            silent = await node.handshake(allowed, round_=start, timeout=net.start_timeout)
-            if silent and status:
-                status({"note": f"no answer from {sorted(silent)}; going on without them"})
-            r = start
-            while r <= cfg.rounds:
-                if cfg.algorithm == "fedavg":
-                    got = await node.wait_until(lambda r=r: busy["global"] >= r,
-                                                net.start_timeout)
-                    if not got:
-                        raise TransportError(f"no global model from the server for round {r} "
-                                             f"in {net.start_timeout:.0f} s")
-                    r = busy["global"]
-                    if r > cfg.rounds:
-                        break
-                else:
-                    ahead = _ahead(node, allowed)
-                    if ahead > r + 1:  # back from a crash: the neighbours moved on, rejoin them
-                        r = min(cfg.rounds, ahead)
-                    peer.begin_round(r)
-                node.round = r
-                loss = float("nan")
-                if cfg.algorithm != "fedavg" or peer.selected:
-                    busy["training"] = True
-                    steps = max(1, int(round(cfg.local_epochs * trainer.steps_per_epoch())))
-                    job = TrainJob(peer=pid, params=peer.train_from(), steps=steps)
-                    try:
-                        (res,) = await asyncio.to_thread(pool.train, [job])
-                    finally:
-                        busy["training"] = False
-                    peer.trained(res.params, res.steps)
-                    loss = res.loss
-                    for msg in pending:
-                        await node.send_all(peer.receive(msg))
-                    pending.clear()
-                unreachable = await node.send_all(peer.outgoing())
-                await node.wait_until(
-                    lambda u=unreachable, r=r: not (peer.missing() - u - _past(node, r)),
-                    net.wait_timeout)
-                missing = len(peer.missing())
-                peer.end_round()
-                row = await _evaluate(pool, peer.params, r, cfg.eval_every, cfg.rounds)
-                row.update(round=r, loss=loss, age=peer.age, missing=missing,
-                           **_counters(node, transport), wall_s=round(time.perf_counter() - t0, 2))
-                rows.append(row)
-                ckpt.save(params=peer.params, extra=trainer.state(),
-                          header={"round": r, "age": peer.age, "weight": peer.weight,
-                                  "rows": rows})
-                if status:
-                    status(row)
-                r += 1
-            if cfg.algorithm == "fedavg":  # the last global model
-                await node.wait_until(lambda: busy["global"] > cfg.rounds, net.wait_timeout)
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+    async with _connected(setup, net, pid, secret=secret, allowed=allowed,
+                          on_message=on_message, hub=hub) as node:
+        silent = await node.handshake(allowed, round_=start, timeout=net.start_timeout)
+        if silent and status:
+            status({"note": f"no answer from {sorted(silent)}; going on without them"})
+        r = start
+        while r <= cfg.rounds:
+            if cfg.algorithm == "fedavg":
+                got = await node.wait_until(lambda r=r: busy["global"] >= r,
+                                            net.start_timeout)
+                if not got:
+                    raise TransportError(f"no global model from the server for round {r} "
+                                         f"in {net.start_timeout:.0f} s")
+                r = busy["global"]
+                if r > cfg.rounds:
+                    break
+            else:
+                ahead = _ahead(node, allowed)
+                if ahead > r + 1:  # back from a crash: the neighbours moved on, rejoin them
+                    r = min(cfg.rounds, ahead)
+                peer.begin_round(r)
+            node.round = r
+            loss = float("nan")
+            if cfg.algorithm != "fedavg" or peer.selected:
+                busy["training"] = True
+                steps = max(1, int(round(cfg.local_epochs * trainer.steps_per_epoch())))
+                job = TrainJob(peer=pid, params=peer.train_from(), steps=steps)
+                try:
+                    (res,) = await asyncio.to_thread(pool.train, [job])
+                finally:
+                    busy["training"] = False
+                peer.trained(res.params, res.steps)
+                loss = res.loss
+                for msg in pending:
+                    await node.send_all(peer.receive(msg))
+                pending.clear()
+            unreachable = await node.send_all(peer.outgoing())
+            await node.wait_until(
+                lambda u=unreachable, r=r: not (peer.missing() - u - _past(node, r)),
+                net.wait_timeout)
+            missing = len(peer.missing())
+            peer.end_round()
+            row = await _evaluate(pool, peer.params, r, cfg.eval_every, cfg.rounds)
+            row.update(round=r, loss=loss, age=peer.age, missing=missing,
+                       **_counters(node), wall_s=round(time.perf_counter() - t0, 2))
+            rows.append(row)
+            ckpt.save(params=peer.params, extra=trainer.state(),
+                      header={"round": r, "age": peer.age, "weight": peer.weight,
+                              "rows": rows})
+            if status:
+                status(row)
+            r += 1
+        if cfg.algorithm == "fedavg":  # the last global model
+            await node.wait_until(lambda: busy["global"] > cfg.rounds, net.wait_timeout)
     set_state(trainer.model, peer.params)
     save_model(out, trainer.model, classes=setup.dataset.classes, features=setup.features,
                config=setup.model, extra={"peer": pid, "run": setup.run_id})
     final_scores = pool.evaluate([peer.params])[0]
     summary = {"peer": pid, "run": setup.run_id, "algorithm": cfg.algorithm,
                "rounds": cfg.rounds, "rows": rows, "final": final_scores.to_dict(),
-               "bytes_sent": transport.stats.bytes_sent, "rejected": _rejections(node, transport),
+               "bytes_sent": node.transport.stats.bytes_sent, "rejected": _rejections(node),
                "wall_s": round(time.perf_counter() - t0, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -200,17 +212,17 @@ async def _evaluate(pool: SerialPool, params: Params, r: int, every: int, last: 
     return {"ua": s.ua, "wa": s.wa, "macro_f1": s.macro_f1}
 
 
-def _rejections(node: NetNode, transport) -> dict[str, int]:
+def _rejections(node: NetNode) -> dict[str, int]:
     """Frames refused by the checks, plus those the transport dropped before decoding."""
-    st = transport.stats
+    st = node.transport.stats
     dropped = {"oversized": st.oversized_dropped, "truncated": st.truncated_dropped,
                "inbox overflow": st.overflow_dropped}
     return dict(node.rejected) | {k: v for k, v in dropped.items() if v}
 
 
-def _counters(node: NetNode, transport) -> dict:
-    return {"bytes_sent": transport.stats.bytes_sent,
-            "frames_received": transport.stats.frames_received,
+def _counters(node: NetNode) -> dict:
+    st = node.transport.stats
+    return {"bytes_sent": st.bytes_sent, "frames_received": st.frames_received,
             "rejected": sum(node.rejected.values()), "send_failures": node.send_failures}
 
 
@@ -231,44 +243,37 @@ async def run_server(
     async def on_message(msg: Message) -> None:
         server.receive(msg)
 
-    async with open_transport(transport_config(setup, net, SERVER_ID), hub=hub) as transport:
-        node = NetNode(node=SERVER_ID, transport=transport, secret=secret, run=setup.run_id,
-                       spec=ModelSpec.from_params(setup.init), allowed=clients,
-                       on_message=on_message)
-        receiver = asyncio.create_task(node.receive_loop())
-        try:
-            silent = await node.handshake(clients, round_=0, timeout=net.start_timeout)
-            if silent and status:
-                status({"note": f"clients {sorted(silent)} did not answer; going on"})
-            for r in range(1, setup.cfg.rounds + 1):
-                node.round = r
-                outbox = server.start_round(r)
-                unreachable = await node.send_all(outbox)
-                chosen = {c for c, m in outbox if m.meta["train"]} - unreachable
-                await node.wait_until(lambda c=chosen: c <= set(server.updates),
-                                      net.wait_timeout)
-                got = len(server.updates)
-                server.end_round()
-                row = await _evaluate(pool, server.params, r, setup.cfg.eval_every,
-                                      setup.cfg.rounds)
-                row.update(round=r, updates=got, selected=len(chosen),
-                           bytes_sent=transport.stats.bytes_sent,
-                           rejected=sum(node.rejected.values()),
-                           wall_s=round(time.perf_counter() - t0, 2))
-                rows.append(row)
-                if status:
-                    status(row)
-            final = Message(kind="fedavg_global", run=setup.run_id, sender=SERVER_ID,
-                            round=setup.cfg.rounds + 1, params=server.params, meta={"train": 0})
-            await node.send_all([(c, final) for c in sorted(clients)])
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+    async with _connected(setup, net, SERVER_ID, secret=secret, allowed=clients,
+                          on_message=on_message, hub=hub) as node:
+        silent = await node.handshake(clients, round_=0, timeout=net.start_timeout)
+        if silent and status:
+            status({"note": f"clients {sorted(silent)} did not answer; going on"})
+        for r in range(1, setup.cfg.rounds + 1):
+            node.round = r
+            outbox = server.start_round(r)
+            unreachable = await node.send_all(outbox)
+            chosen = {c for c, m in outbox if m.meta["train"]} - unreachable
+            await node.wait_until(lambda c=chosen: c <= set(server.updates),
+                                  net.wait_timeout)
+            got = len(server.updates)
+            server.end_round()
+            row = await _evaluate(pool, server.params, r, setup.cfg.eval_every,
+                                  setup.cfg.rounds)
+            row.update(round=r, updates=got, selected=len(chosen),
+                       bytes_sent=node.transport.stats.bytes_sent,
+                       rejected=sum(node.rejected.values()),
+                       wall_s=round(time.perf_counter() - t0, 2))
+            rows.append(row)
+            if status:
+                status(row)
+        final = Message(kind="fedavg_global", run=setup.run_id, sender=SERVER_ID,
+                        round=setup.cfg.rounds + 1, params=server.params, meta={"train": 0})
+        await node.send_all([(c, final) for c in sorted(clients)])
     scores = pool.evaluate([server.params])[0]
     np.savez(out / "global.npz", **server.params)
     summary = {"peer": SERVER_ID, "run": setup.run_id, "algorithm": "fedavg",
                "rounds": setup.cfg.rounds, "rows": rows, "final": scores.to_dict(),
-               "bytes_sent": transport.stats.bytes_sent, "rejected": _rejections(node, transport),
+               "bytes_sent": node.transport.stats.bytes_sent, "rejected": _rejections(node),
                "wall_s": round(time.perf_counter() - t0, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
