@@ -81,6 +81,18 @@ def default_test_speakers(ds: Dataset) -> tuple[str, ...]:
     return spk[-max(1, len(spk) // 6):]
 
 
+def speaker_list(value: str | list) -> tuple[str, ...]:
+    """'21,22' or ["21", 22] -> ('21', '22')."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(t).strip() for t in items if str(t).strip())
+
+
+def resolve_test_speakers(flag: str | None, doc: dict, ds: Dataset) -> tuple[str, ...]:
+    """The --test-speakers flag, else [data] test_speakers, else the corpus default."""
+    value = flag or doc.get("data", {}).get("test_speakers")
+    return speaker_list(value) if value else default_test_speakers(ds)
+
+
 def cmd_synth(args: Any) -> int:
     from gossipser.synth import SynthConfig, write_corpus
 
@@ -112,8 +124,7 @@ def cmd_train(args: Any) -> int:
     if args.folds and args.test_speakers:
         raise ConfigError("give --folds or --test-speakers, not both")
     test_sets = speaker_folds(ds, args.folds) if args.folds else [
-        tuple(args.test_speakers.split(",")) if args.test_speakers else default_test_speakers(ds)
-    ]
+        resolve_test_speakers(args.test_speakers, doc, ds)]
     out = Path(args.out)
     rows: list[tuple[str, Scores]] = []
     folds = []
@@ -224,9 +235,7 @@ def cmd_simulate(args: Any) -> int:
     features, model_cfg, train_cfg = run_configs(args, doc)
     gcfg = gossip_config(args, doc)
     ds = load_data(args, doc, features, console)
-    test = args.test_speakers or doc.get("data", {}).get("test_speakers")
-    test = tuple(str(t) for t in (test.split(",") if isinstance(test, str) else test)) if test \
-        else default_test_speakers(ds)
+    test = resolve_test_speakers(args.test_speakers, doc, ds)
     setup = setup_run(ds, cfg=gcfg, model=model_cfg, train=train_cfg, test_speakers=test,
                       seed=args.seed)
     out = Path(args.out)

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from gossipser.commands import speaker_list
 from gossipser.config import build, read_toml, run_configs
 from gossipser.corpora import load_corpus
 from gossipser.dataset import load_dataset
@@ -33,7 +34,7 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
     test = d.get("test_speakers")
     if not test:
         raise ConfigError(f"{config}: [data] test_speakers is missing (e.g. [\"21\", \"22\"])")
-    test = tuple(str(t) for t in (test.split(",") if isinstance(test, str) else test))
+    test = speaker_list(test)
     seed = int(d.get("seed", 0))
     corpus = load_corpus(root, corpus=d.get("corpus", "auto"), emotions=d.get("emotions"))
     plan = plan_run(corpus, cfg=gossip, test_speakers=test, seed=seed, run_id=d.get("run"))

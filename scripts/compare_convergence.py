@@ -38,7 +38,7 @@ from rich import box
 from rich.table import Table
 
 from gossipser.centralized import train_centralized
-from gossipser.commands import default_test_speakers, gossip_config, load_data
+from gossipser.commands import gossip_config, load_data, resolve_test_speakers
 from gossipser.config import read_toml, run_configs
 from gossipser.dataset import Dataset
 from gossipser.errors import ConfigError, GossipserError, TopologyError
@@ -725,9 +725,7 @@ def run_all(args: argparse.Namespace, console) -> int:
     base = gossip_config(args, doc)
     methods = select_methods(args.methods, args.faults)
     ds = load_data(args, doc, features, console)
-    test = args.test_speakers or doc.get("data", {}).get("test_speakers")
-    test = tuple(str(t) for t in (test.split(",") if isinstance(test, str) else test)) if test \
-        else default_test_speakers(ds)
+    test = resolve_test_speakers(args.test_speakers, doc, ds)
     # the centralized model sees the training set as often as the peers do in total
     central_epochs = max(1, round(base.rounds * base.local_epochs))
     split = setup_run(ds, cfg=dataclasses.replace(base, algorithm="local", topology="complete"),
