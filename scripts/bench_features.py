@@ -1,6 +1,6 @@
 """Clips per second of our MFCC extraction against a per-file librosa loop, in one run.
 
-  (a) gossipser.features.extract, no cache: read + condition + batched torch MFCC
+  (a) gossipser.data.features.extract, no cache: read + condition + batched torch MFCC
   (b) per file: librosa.load(sr=16000) + the same trimming / normalisation / pre-emphasis +
       librosa.feature.mfcc(**cfg.librosa_kwargs())
   (c) the MFCC alone on signals already loaded and conditioned: MfccExtractor in batches
@@ -23,10 +23,10 @@ import librosa
 import numpy as np
 import torch
 
-from gossipser.audio import peak_normalize, pre_emphasis, trim_silence
-from gossipser.corpora import find_audio_files
+from gossipser.data.audio import peak_normalize, pre_emphasis, trim_silence
+from gossipser.data.corpora import find_audio_files
+from gossipser.data.features import FeatureConfig, MfccExtractor, extract, prepare_signal
 from gossipser.errors import CorpusError
-from gossipser.features import FeatureConfig, MfccExtractor, extract, prepare_signal
 
 
 def librosa_file(path: Path, cfg: FeatureConfig) -> np.ndarray | None:
@@ -87,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
         if root is None:
-            from gossipser.synth import SynthConfig, write_corpus
+            from gossipser.data.synth import SynthConfig, write_corpus
 
             root = Path(tmp) / "synth"
             t, n = timed(lambda: write_corpus(root, SynthConfig()))

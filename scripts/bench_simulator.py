@@ -22,16 +22,16 @@ from pathlib import Path
 
 import torch
 
-from gossipser.dataset import Dataset, load_dataset
-from gossipser.events import RoundFinished, RunStarted
-from gossipser.features import default_cache_dir
-from gossipser.gossip import GossipConfig, RunSetup, setup_run
-from gossipser.models import ModelConfig, build_model
-from gossipser.peer import copy_params
-from gossipser.simulator import Simulator
-from gossipser.synth import SynthConfig, write_corpus
-from gossipser.train import LocalTrainer, TrainConfig
-from gossipser.workers import ProcessPool, TrainJob
+from gossipser.data.dataset import Dataset, load_dataset
+from gossipser.data.features import default_cache_dir
+from gossipser.data.synth import SynthConfig, write_corpus
+from gossipser.gossip.events import RoundFinished, RunStarted
+from gossipser.gossip.mixing import copy_params
+from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.learn.models import ModelConfig, build_model
+from gossipser.learn.pool import ProcessPool, TrainJob
+from gossipser.learn.train import LocalTrainer, TrainConfig
+from gossipser.sim.simulator import Simulator
 
 SPEAKERS = 8  # spk08 is the test speaker
 PER_PEER = 34  # training utterances per peer: at least one full batch of 32

@@ -37,19 +37,20 @@ from matplotlib.ticker import MaxNLocator
 from rich import box
 from rich.table import Table
 
-from gossipser.centralized import train_centralized
-from gossipser.commands import gossip_config, load_data, resolve_test_speakers
-from gossipser.config import read_toml, run_configs
-from gossipser.dataset import Dataset
+from gossipser.cli.commands import gossip_config, load_data, resolve_test_speakers
+from gossipser.cli.options import run_configs
+from gossipser.config import read_toml
+from gossipser.data.dataset import Dataset
 from gossipser.errors import ConfigError, GossipserError, TopologyError
-from gossipser.events import RoundFinished
-from gossipser.gossip import GossipConfig, RunSetup, setup_run
-from gossipser.modelio import n_inputs
-from gossipser.models import ModelConfig, build_model, count_parameters
-from gossipser.report import error_line, make_console
-from gossipser.simulator import Simulator
-from gossipser.train import TrainConfig
-from gossipser.workers import make_pool
+from gossipser.gossip.events import RoundFinished
+from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.learn.centralized import train_centralized
+from gossipser.learn.modelio import n_inputs
+from gossipser.learn.models import ModelConfig, build_model, count_parameters
+from gossipser.learn.pool import make_pool
+from gossipser.learn.train import TrainConfig
+from gossipser.sim.simulator import Simulator
+from gossipser.ui.report import error_line, make_console
 
 COLUMNS = ("method", "seed", "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean",
            "ua_avg_model", "wa_avg_model", "consensus_distance", "bytes_per_peer",

@@ -39,7 +39,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gossipser.errors import ConfigError, GossipserError
-from gossipser.report import error_line, make_console
+from gossipser.ui.report import error_line, make_console
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
 PER_EMOTION = 5
@@ -90,7 +90,7 @@ def read_config(path: Path | str) -> dict[str, dict]:
 
 def synthetic_corpus(root: Path, speakers: int) -> Path:
     """A small synthetic corpus (`speakers` speakers, 4 emotions), written once per size."""
-    from gossipser.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig, write_corpus
 
     cfg = SynthConfig(speakers=speakers, per_emotion=PER_EMOTION, emotions=EMOTIONS)
     stamp = root / ".complete"
@@ -188,7 +188,7 @@ def to_toml(doc: dict[str, dict]) -> str:
 
 # processes -------------------------------------------------------------------------------
 def plan_processes(config: Path, out: Path, *, peers: int, fedavg: bool) -> list[Proc]:
-    gossipser = [sys.executable, "-m", "gossipser.cli"]
+    gossipser = [sys.executable, "-m", "gossipser"]
     procs = [Proc(f"peer-{i}", [*gossipser, "peer", "--id", str(i), "--config", str(config),
                                 "--out", str(out / f"peer-{i}"),
                                 *(["--mode", "fedavg"] if fedavg else [])],
@@ -333,11 +333,11 @@ def supervise(procs: Sequence[Proc], *, run: str, view: ProgressView, timeout: f
 def collect(config: Path, out: Path, *, peers: int, fedavg: bool, transport: str,
             wall_s: float) -> dict:
     """OUT/summary.json from the processes' summaries and models, like `simulate` writes."""
-    from gossipser.commands_net import network_setup
-    from gossipser.peer import combine
-    from gossipser.simulator import consensus_distance_of
-    from gossipser.wire import SERVER_ID
-    from gossipser.workers import SerialPool
+    from gossipser.cli.net import network_setup
+    from gossipser.gossip.mixing import combine
+    from gossipser.gossip.wire import SERVER_ID
+    from gossipser.learn.pool import SerialPool
+    from gossipser.sim.simulator import consensus_distance_of
 
     def npz(path: Path) -> dict[str, np.ndarray]:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
@@ -384,7 +384,7 @@ def launch(args: argparse.Namespace, console: Console) -> int:
     broker = None
     try:
         if args.transport == "mqtt":
-            from gossipser.broker import Mosquitto
+            from gossipser.net.broker import Mosquitto
 
             broker = Mosquitto()
             broker.start()

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gossipser.cli import build_parser, main
-from gossipser.corpora import CONVENTIONS
+from gossipser.cli.main import build_parser, main
+from gossipser.data.corpora import CONVENTIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gossipser.corpora import (
+from gossipser.data.corpora import (
     CONVENTIONS,
     detect_convention,
     find_audio_files,

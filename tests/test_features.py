@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gossipser.audio import peak_normalize, read_audio, trim_silence
-from gossipser.errors import ConfigError, CorpusError
-from gossipser.features import (
+from gossipser.data.audio import peak_normalize, read_audio, trim_silence
+from gossipser.data.features import (
     FeatureConfig,
     MfccExtractor,
     add_deltas,
@@ -29,6 +28,7 @@ from gossipser.features import (
     to_sequence,
     to_stats,
 )
+from gossipser.errors import ConfigError, CorpusError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipser.metrics import confusion_matrix, score, scores_from_confusion
+from gossipser.learn.metrics import confusion_matrix, score, scores_from_confusion
 
 
 def _labels(cm: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gossipser.errors import ConfigError, TopologyError
-from gossipser.mixing import (
+from gossipser.gossip.mixing import (
     age_weighted_merge,
     consensus_distance,
     edge_weights,
@@ -25,7 +25,7 @@ from gossipser.mixing import (
     spectral_gap,
     weighted_average,
 )
-from gossipser.topology import build_topology
+from gossipser.gossip.topology import build_topology
 
 
 def paw() -> nx.Graph:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from gossipser.data.features import FeatureConfig
 from gossipser.errors import ConfigError
-from gossipser.features import FeatureConfig
-from gossipser.modelio import CARD, WEIGHTS, load_model, n_inputs, save_model
-from gossipser.models import ModelConfig, build_model, count_parameters, get_state, set_state
-from gossipser.train import LocalTrainer, TrainConfig, class_weights, evaluate, predict_proba
+from gossipser.learn.modelio import CARD, WEIGHTS, load_model, n_inputs, save_model
+from gossipser.learn.models import ModelConfig, build_model, count_parameters, get_state, set_state
+from gossipser.learn.train import LocalTrainer, TrainConfig, class_weights, evaluate, predict_proba
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

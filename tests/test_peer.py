@@ -18,10 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossipser.errors import ConfigError
-from gossipser.mixing import metropolis_weights
-from gossipser.peer import ALGORITHMS, FedAvgServer, Peer, combine
-from gossipser.topology import ring_graph, star_graph, torus_graph
-from gossipser.wire import SERVER_ID, Message
+from gossipser.gossip.algorithms import ALGORITHMS
+from gossipser.gossip.mixing import combine, metropolis_weights
+from gossipser.gossip.peer import Peer
+from gossipser.gossip.server import FedAvgServer
+from gossipser.gossip.topology import ring_graph, star_graph, torus_graph
+from gossipser.gossip.wire import SERVER_ID, Message
 
 RUN = "test-run"
 F32 = dict(rtol=1e-6, atol=1e-6)
@@ -92,7 +94,7 @@ def values_for(n: int, dim: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def test_peer_logic_imports_no_torch():
-    code = "import sys, gossipser.peer; sys.exit('torch' in sys.modules)"
+    code = "import sys, gossipser.gossip.peer; sys.exit('torch' in sys.modules)"
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
 
@@ -258,7 +260,7 @@ def test_missing_is_empty_for_asynchronous_algorithms(algorithm):
 
 def mass(peers: Sequence[Peer]) -> tuple[np.ndarray, float]:
     """(sum_i w_i z_i, sum_i w_i)."""
-    weights = np.array([p.weight for p in peers])
+    weights = np.array([p.strategy.weight for p in peers])
     return (weights[:, None] * stacked(peers).astype(np.float64)).sum(axis=0), weights.sum()
 
 
@@ -277,7 +279,7 @@ def test_push_sum_keeps_mass_and_reaches_the_true_average(graph):
 
     np.testing.assert_allclose(stacked(peers), np.broadcast_to(x.mean(axis=0), x.shape),
                                rtol=0, atol=1e-4)
-    assert sorted(round(p.weight, 6) for p in peers) != [1.0] * n  # unequal degrees
+    assert sorted(round(p.strategy.weight, 6) for p in peers) != [1.0] * n  # unequal degrees
 
 
 def test_push_sum_beats_plain_equal_neighbour_averaging_on_a_star():
@@ -554,7 +556,7 @@ def test_fedavg_round_trip_over_the_delivery_loop():
         peers[dest].receive(msg)
     trained_at = {}
     for p in peers:
-        if p.selected:
+        if p.wants_training():
             p.trained({"w": np.array([float(p.pid)], np.float32)}, steps=1)
             trained_at[p.pid] = p.samples
         for dest, msg in p.outgoing():

@@ -28,18 +28,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gossipser import runtime
-from gossipser.broker import Mosquitto, mosquitto_path
-from gossipser.dataset import Dataset, load_dataset
-from gossipser.features import prepare_signal
-from gossipser.gossip import GossipConfig, RunSetup, setup_run
-from gossipser.models import ModelConfig
-from gossipser.node import NetworkConfig
-from gossipser.simulator import Simulator
-from gossipser.train import TrainConfig
-from gossipser.transport import MemoryHub
-from gossipser.wire import MAGIC, Message, decode, encode
-from gossipser.workers import SerialPool
+from gossipser.data.dataset import Dataset, load_dataset
+from gossipser.data.features import prepare_signal
+from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.gossip.wire import MAGIC, Message, decode, encode
+from gossipser.learn.models import ModelConfig
+from gossipser.learn.pool import SerialPool
+from gossipser.learn.train import TrainConfig
+from gossipser.net import runtime
+from gossipser.net.broker import Mosquitto, mosquitto_path
+from gossipser.net.node import NetworkConfig
+from gossipser.net.transport import MemoryHub
+from gossipser.sim.simulator import Simulator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

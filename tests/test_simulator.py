@@ -16,16 +16,22 @@ import numpy as np
 import pytest
 import torch
 
-from gossipser.cli import main
-from gossipser.dataset import Dataset, load_dataset
-from gossipser.gossip import GossipConfig, RunSetup, setup_run
-from gossipser.mixing import slem
-from gossipser.models import ModelConfig
-from gossipser.peer import ALGORITHMS, combine
-from gossipser.simulator import CSV_COLUMNS, SIM_SECRET, Simulator, consensus_distance_of, flatten
-from gossipser.train import TrainConfig
-from gossipser.wire import Message, encode
-from gossipser.workers import ProcessPool, SerialPool, TrainJob
+from gossipser.cli.main import main
+from gossipser.data.dataset import Dataset, load_dataset
+from gossipser.gossip.algorithms import ALGORITHMS
+from gossipser.gossip.mixing import combine, slem
+from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.gossip.wire import Message, encode
+from gossipser.learn.models import ModelConfig
+from gossipser.learn.pool import ProcessPool, SerialPool, TrainJob
+from gossipser.learn.train import TrainConfig
+from gossipser.sim.simulator import (
+    CSV_COLUMNS,
+    SIM_SECRET,
+    Simulator,
+    consensus_distance_of,
+    flatten,
+)
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
 TEST_SPEAKERS = ("spk06",)  # 5 training speakers x 4 emotions x 3 takes = 60 utterances
@@ -39,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="session")
 def sim_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gossipser.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig, write_corpus
 
     root = tmp_path_factory.mktemp("sim_corpus")
     write_corpus(root, SynthConfig(speakers=6, per_emotion=3, emotions=EMOTIONS))
@@ -134,7 +140,7 @@ def test_push_sum_keeps_mass_and_agrees_on_the_mean_with_unequal_degrees(ds):
                    local_epochs=0, init="independent", eval_every=40)
     x0 = initial_states(sim.setup)
 
-    weights = np.array([p.weight for p in sim.peers])
+    weights = np.array([p.strategy.weight for p in sim.peers])
     z = np.stack([flatten(s) for s in sim.final_states()])
     assert weights.sum() == pytest.approx(10.0, rel=1e-12)
     assert weights.max() / weights.min() > 2  # the hub holds more mass than a leaf

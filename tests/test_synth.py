@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from gossipser.errors import ConfigError, CorpusError
-from gossipser.synth import (
+from gossipser.data.synth import (
     EMOTIONS,
     SynthConfig,
     make_speaker,
     synthesize_utterance,
     write_corpus,
 )
+from gossipser.errors import ConfigError, CorpusError
 
 SR = 16000
 

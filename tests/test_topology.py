@@ -8,7 +8,7 @@ import networkx as nx
 import pytest
 
 from gossipser.errors import ConfigError, TopologyError
-from gossipser.topology import (
+from gossipser.gossip.topology import (
     TopologySpec,
     build_topology,
     describe,

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from gossipser.broker import Mosquitto, free_port, mosquitto_path
 from gossipser.errors import ConfigError, TransportError
-from gossipser.transport import (
+from gossipser.net.broker import Mosquitto, free_port, mosquitto_path
+from gossipser.net.transport import (
     MemoryHub,
     MemoryTransport,
     TcpTransport,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossipser.errors import ConfigError, TransportError, WireError
-from gossipser.wire import (
+from gossipser.gossip.wire import (
     DEFAULT_DTYPES,
     KINDS,
     MAGIC,

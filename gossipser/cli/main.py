@@ -1,0 +1,146 @@
+"""Command line: `gossipser COMMAND ...`. Parsing and printing only; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gossipser.errors import GossipserError
+from gossipser.ui.report import error_line
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("corpus and features")
+    g.add_argument("--data", metavar="DIR",
+                   help="corpus folder (default: the bundled synthetic corpus, generated once)")
+    g.add_argument("--corpus", default="auto",
+                   help="naming convention: auto, ravdess, cremad, tess, emodb, generic")
+    g.add_argument("--emotions", help="class subset, e.g. neutral,happy,sad,angry or shared4, five")
+    g.add_argument("--n-mfcc", type=int, help="MFCC coefficients (default 13)")
+    g.add_argument("--deltas", type=int, choices=(0, 1, 2), help="append deltas (default 0)")
+    g.add_argument("--frame-ms", type=float, help="frame length in ms (default 20)")
+    g.add_argument("--hop-ms", type=float, help="frame step in ms (default 20)")
+    g.add_argument("--max-frames", type=int, help="fixed length for CNN/LSTM (default 150)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="feature cache (default ~/.cache/gossipser or $GOSSIPSER_CACHE)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--model", choices=("dnn", "cnn", "lstm"), help="model family (default cnn)")
+    g.add_argument("--width", type=int, help="model width (default 64)")
+    g.add_argument("--dropout", type=float, help="dropout (default 0.3)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 40)")
+    g.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--class-balanced", action="store_true", help="inverse-frequency class weights")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gossipser",
+        description="Privacy-preserving speech emotion recognition by decentralized gossip "
+                    "learning.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="write the synthetic emotional speech corpus (WAV files)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--speakers", type=int, default=8)
+    p.add_argument("--per-emotion", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--emotions", help="subset of the 8 RAVDESS emotions (default all)")
+
+    p = sub.add_parser("train", help="centralized speaker-independent baseline (one machine)")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--test-speakers", metavar="LIST",
+                   help="held-out speakers, e.g. 21,22,23,24 (default: the last sixth)")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation by speaker instead")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("predict", help="predict the emotion of audio files with a saved model")
+    p.add_argument("--model", required=True, metavar="DIR", help="folder written by train")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("simulate", help="simulate many gossip peers on one machine, with a "
+                       "live convergence display")
+    _add_data_args(p)
+    _add_model_args(p)
+    g = p.add_argument_group("gossip")
+    g.add_argument("--topology", help="ring, torus, regular:4, smallworld:4:0.2, er:0.2, "
+                   "complete, star, hypercube, expo, or a file (default ring)")
+    g.add_argument("--algorithm", help="dpsgd, pairwise, gossip-learning, push-sum, local, "
+                   "fedavg (default dpsgd)")
+    g.add_argument("--rounds", type=int, help="rounds (default 30)")
+    g.add_argument("--local-epochs", type=float, help="local epochs per round (default 1)")
+    g.add_argument("--peers", type=int, help="peers (default: one per training speaker)")
+    g.add_argument("--partition", help="speaker (default), iid, balanced, dirichlet:ALPHA")
+    g.add_argument("--mixing", help="metropolis (default), maxdegree, weight")
+    g.add_argument("--drop", type=float, help="message drop probability")
+    g.add_argument("--churn", type=float, help="per-round probability a peer is offline")
+    g.add_argument("--stragglers", type=float, help="probability a peer does 10-50%% of its steps")
+    g.add_argument("--fraction", type=float, help="FedAvg: share of clients per round")
+    g.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
+    g.add_argument("--workers", type=int, help="training processes (default 2)")
+    p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers")
+    p.add_argument("--display", choices=("live", "plain", "none"),
+                   help="live view (default on a terminal), plain lines, or nothing")
+    p.add_argument("--config", metavar="FILE.toml", help="run config (flags override it)")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("peer", help="run one networked peer (TCP or MQTT); peers differ "
+                       "only by --id")
+    p.add_argument("--id", type=int, required=True, help="this peer's node id (0..N-1)")
+    p.add_argument("--config", required=True, metavar="FILE.toml", help="the shared run config")
+    p.add_argument("--mode", choices=("gossip", "fedavg"), default="gossip",
+                   help="gossip (default: the config's algorithm) or fedavg (talk to the server)")
+    p.add_argument("--out", metavar="DIR", help="metrics, checkpoint, model (default "
+                   "runs/<run>/peer-<id>)")
+    p.add_argument("--data", metavar="DIR", help="override [data] path")
+
+    p = sub.add_parser("server", help="run the FedAvg aggregation server (for comparison)")
+    p.add_argument("--config", required=True, metavar="FILE.toml")
+    p.add_argument("--out", metavar="DIR", help="default runs/<run>/server")
+    p.add_argument("--data", metavar="DIR", help="override [data] path")
+
+    p = sub.add_parser("topology", help="show or write a peer topology")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = tsub.add_parser("show", help="nodes, degrees, diameter and spectral gap")
+    t.add_argument("spec", metavar="FILE|SPEC")
+    t.add_argument("--peers", type=int)
+    t.add_argument("--mixing", default="metropolis")
+    t.add_argument("--seed", type=int, default=0)
+    t = tsub.add_parser("make", help="write a generated topology to a file")
+    t.add_argument("spec", metavar="SPEC")
+    t.add_argument("--peers", type=int, required=True)
+    t.add_argument("--out", required=True, metavar="FILE", help=".txt edge list or .json")
+    t.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import torch
+
+        # small models gain nothing from a second intra-op thread, and on a busy machine
+        # spinning OpenMP threads slow everything else down; processes give parallelism
+        torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+        from gossipser.cli import commands
+
+        return int(commands.dispatch(args) or 0)
+    except GossipserError as exc:
+        error_line(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`gossipser peer` and `gossipser server`: one run config, processes differ only by --id."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from gossipser.cli.commands import speaker_list
+from gossipser.cli.options import run_configs
+from gossipser.config import build, read_toml
+from gossipser.data.corpora import load_corpus
+from gossipser.data.dataset import load_dataset
+from gossipser.errors import ConfigError
+from gossipser.gossip.plan import GossipConfig, RunSetup, plan_run, setup_from_plan
+from gossipser.gossip.wire import SERVER_ID
+from gossipser.net.node import NetworkConfig
+from gossipser.ui.report import make_console
+
+
+def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
+                  console) -> tuple[RunSetup, NetworkConfig]:
+    """Read the run config, plan the run from file names, load only what `pid` needs."""
+    doc = read_toml(config)
+    features, model, train = run_configs(_NoFlags(), doc)
+    gossip = build(GossipConfig, doc.get("gossip", {}), {}, "gossip")
+    if fedavg:
+        gossip = dataclasses.replace(gossip, algorithm="fedavg")
+    net = build(NetworkConfig, doc.get("network", {}), {}, "network")
+    d = doc.get("data", {})
+    root = data or d.get("path")
+    if not root:
+        raise ConfigError(f"{config}: [data] path is missing (or pass --data)")
+    test = d.get("test_speakers")
+    if not test:
+        raise ConfigError(f"{config}: [data] test_speakers is missing (e.g. [\"21\", \"22\"])")
+    test = speaker_list(test)
+    seed = int(d.get("seed", 0))
+    corpus = load_corpus(root, corpus=d.get("corpus", "auto"), emotions=d.get("emotions"))
+    plan = plan_run(corpus, cfg=gossip, test_speakers=test, seed=seed, run_id=d.get("run"))
+    needed = plan.needed_by(pid)
+    console.print(f"run {plan.run_id}: {gossip.algorithm}, {len(plan.peer_paths)} peers, "
+                  f"{gossip.rounds} rounds, {net.transport}; loading "
+                  f"{len(plan.needed_by(pid)) - len(plan.test_paths)} own and "
+                  f"{len(plan.test_paths)} evaluation utterances")
+    ds = load_dataset(root, corpus=corpus.name, emotions=d.get("emotions"), features=features,
+                      cache_dir=Path(d["cache_dir"]) if d.get("cache_dir") else None,
+                      keep=lambda u: str(u.path) in needed)
+    if ds.failed_summary():
+        console.print(f"[yellow]warning:[/] {ds.failed_summary()}")
+    return setup_from_plan(ds, plan, model=model, train=train), net
+
+
+class _NoFlags:
+    """No command-line overrides: a networked run is defined by its config alone."""
+
+    def __getattr__(self, name: str) -> Any:
+        return None
+
+
+def cmd_peer(args: Any) -> int:
+    from gossipser.net.runtime import run_peer
+    from gossipser.ui.display import PeerStatusView
+
+    console = make_console()
+    setup, net = network_setup(args.config, data=args.data, pid=args.id,
+                               fedavg=args.mode == "fedavg", console=console)
+    out = Path(args.out or f"runs/{setup.run_id}/peer-{args.id}")
+    view = PeerStatusView(console, f"peer {args.id}")
+    try:
+        summary = asyncio.run(run_peer(setup, args.id, net, out, status=view))
+    finally:
+        view.close()
+    f = summary["final"]
+    console.print(f"peer {args.id}: done, UA {f['ua']:.3f} WA {f['wa']:.3f} macro-F1 "
+                  f"{f['macro_f1']:.3f}; sent {summary['bytes_sent'] / 1e6:.1f} MB; rejected "
+                  f"{sum(summary['rejected'].values())} frames; wrote {out}")
+    return 0
+
+
+def cmd_server(args: Any) -> int:
+    from gossipser.net.runtime import run_server
+    from gossipser.ui.display import PeerStatusView
+
+    console = make_console()
+    setup, net = network_setup(args.config, data=args.data, pid=SERVER_ID, fedavg=True,
+                               console=console)
+    out = Path(args.out or f"runs/{setup.run_id}/server")
+    view = PeerStatusView(console, "server")
+    try:
+        summary = asyncio.run(run_server(setup, net, out, status=view))
+    finally:
+        view.close()
+    f = summary["final"]
+    console.print(f"server: done, global model UA {f['ua']:.3f} WA {f['wa']:.3f}; sent "
+                  f"{summary['bytes_sent'] / 1e6:.1f} MB; wrote {out}")
+    return 0

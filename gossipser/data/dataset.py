@@ -1,0 +1,119 @@
+"""A labelled feature set: corpus + MFCC frames, and speaker-independent splits of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gossipser.data.corpora import Corpus, Utterance, load_corpus, normalize_speaker_ids
+from gossipser.data.features import FeatureConfig, Progress, load_or_extract, model_inputs
+from gossipser.errors import ConfigError, CorpusError
+
+
+@dataclass
+class Dataset:
+    """Utterances that produced features, aligned arrays: labels, speakers, frames."""
+
+    corpus: Corpus
+    cfg: FeatureConfig
+    frames: list[np.ndarray]
+    labels: np.ndarray  # int64 index into classes
+    speakers: np.ndarray  # str
+    paths: list[str]
+    failed: list[tuple[str, str]]
+    from_cache: bool
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.corpus.classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, view: str, index: np.ndarray | None = None) -> np.ndarray:
+        idx = np.arange(len(self)) if index is None else index
+        return model_inputs([self.frames[i] for i in idx], self.cfg, view)
+
+    def speaker_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.speakers.tolist()), key=_natural))
+
+    def failed_summary(self, limit: int = 3) -> str:
+        """'skipped 2 unreadable files (a.wav: ..., b.wav: ...)' or ''."""
+        if not self.failed:
+            return ""
+        shown = "; ".join(reason for _, reason in self.failed[:limit])
+        more = f"; +{len(self.failed) - limit} more" if len(self.failed) > limit else ""
+        return f"skipped {len(self.failed)} unreadable audio file(s) ({shown}{more})"
+
+
+def _natural(s: str) -> tuple[int, int, str]:
+    return (0, int(s), s) if s.isdigit() else (1, 0, s)
+
+
+def load_dataset(
+    root: Path | str, *, corpus: str = "auto", emotions: Sequence[str] | str | None = None,
+    features: FeatureConfig | None = None, cache_dir: Path | None = None,
+    progress: Progress | None = None, keep: Callable[[Utterance], bool] | None = None,
+) -> Dataset:
+    """Load a corpus folder and its MFCC frames (from the cache when possible).
+
+    `keep` limits feature extraction to some utterances (a networked peer loads only its
+    own shard and the evaluation set); the corpus metadata always lists them all.
+    """
+    cfg = features or FeatureConfig()
+    corp = load_corpus(root, corpus=corpus, emotions=emotions)
+    paths = [u.path for u in corp.utterances if keep is None or keep(u)]
+    table, cached = load_or_extract(paths, cfg, cache_dir=cache_dir, progress=progress)
+    if not table.paths:
+        raise CorpusError(f"no usable audio under {root}: every file failed ({table.failed[0][1]})")
+    by_path = {str(u.path): u for u in corp.utterances}
+    class_index = {c: i for i, c in enumerate(corp.classes)}
+    utts = [by_path[p] for p in table.paths]
+    return Dataset(
+        corpus=corp, cfg=cfg, frames=table.frames,
+        labels=np.array([class_index[u.emotion] for u in utts], dtype=np.int64),
+        speakers=np.array([u.speaker for u in utts], dtype=str),
+        paths=table.paths, failed=table.failed, from_cache=cached,
+    )
+
+
+def split_by_speakers(ds: Dataset, test_speakers: Sequence[str] | str) -> tuple[np.ndarray, ...]:
+    """(train_index, test_index): test speakers never appear in training."""
+    return split_speakers(ds.speakers, ds.corpus, test_speakers)
+
+
+def split_speakers(
+    speakers: np.ndarray, corpus: Corpus, test_speakers: Sequence[str] | str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into `speakers` of (training, held-out test) utterances."""
+    test = set(normalize_speaker_ids(test_speakers, corpus))
+    unknown = test - set(speakers.tolist())
+    if unknown:
+        known = ", ".join(sorted(set(speakers.tolist()), key=_natural))
+        raise ConfigError(f"test speakers {sorted(unknown)} not in corpus (speakers: {known})")
+    if not test:
+        raise ConfigError("no test speakers given")
+    is_test = np.isin(speakers, sorted(test))
+    train, held = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    if len(train) == 0:
+        raise ConfigError("every speaker is a test speaker: nothing left to train on")
+    return train, held
+
+
+def speaker_folds(ds: Dataset, k: int) -> list[tuple[str, ...]]:
+    """K groups of speakers (natural order, round-robin) for K-fold cross-validation."""
+    spk = ds.speaker_ids()
+    if not 2 <= k <= len(spk):
+        raise ConfigError(f"--folds must be in [2, {len(spk)}] for {len(spk)} speakers")
+    return [tuple(spk[i::k]) for i in range(k)]
+
+
+def corpus_arrays(corpus: Corpus) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, speakers, paths) of every utterance the corpus lists, from file names only."""
+    class_index = {c: i for i, c in enumerate(corpus.classes)}
+    utts = corpus.utterances
+    return (np.array([class_index[u.emotion] for u in utts], dtype=np.int64),
+            np.array([u.speaker for u in utts], dtype=str), [str(u.path) for u in utts])

@@ -1,0 +1,109 @@
+"""A peer as plain logic with no I/O: asked what to send, told what arrived, answers in messages.
+
+The simulator and the network runtimes only deliver `Message`s between these objects, so a
+simulated peer and a networked peer run exactly this code. Training happens outside: a peer
+hands out the parameters to train from (`train_from`) and takes the result back (`trained`).
+What the peer sends and how it merges is its algorithm's (`gossipser.gossip.algorithms`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gossipser.gossip.algorithms import Outbox, make_algorithm
+from gossipser.gossip.mixing import Params, copy_params
+from gossipser.gossip.wire import Message
+
+_LOOK_AHEAD = 2  # rounds a fast neighbour's message may be ahead of ours and still be kept
+
+
+class Peer:
+    """One device. `mix_row` holds its row of the mixing matrix (self and neighbours)."""
+
+    def __init__(
+        self, *, pid: int, neighbours: Sequence[int], algorithm: str, params: Params,
+        samples: int, run: str, rng: np.random.Generator,
+        mix_row: dict[int, float] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.neighbours = tuple(sorted(neighbours))
+        self.algorithm = algorithm
+        self.strategy = make_algorithm(algorithm)
+        self.params = copy_params(params)
+        self.samples = samples
+        self.run = run
+        self.rng = rng
+        self.mix_row = mix_row or {}
+        self.age = 0.0  # local updates this model has seen
+        # synchronous algorithms: arrivals by round, then sender (a fast neighbour may already
+        # be one round ahead of us on a network)
+        self.inbox: dict[int, dict[int, Message]] = {}
+        self.round = 0
+        self.strategy.check(self)
+
+    def begin_round(self, round_: int) -> None:
+        self.round = round_
+        for r in [r for r in self.inbox if r < round_]:
+            del self.inbox[r]
+
+    def missing(self) -> set[int]:
+        """Neighbours whose message for the current round has not arrived (synchronous mode)."""
+        if not self.strategy.synchronous:
+            return set()
+        return set(self.neighbours) - set(self.inbox.get(self.round, {}))
+
+    # training hand-off -------------------------------------------------------------------
+    def wants_training(self) -> bool:
+        """Whether this peer trains in the current round (FedAvg: only when selected)."""
+        return self.strategy.wants_training(self)
+
+    def train_from(self) -> Params:
+        """Parameters local training should start from."""
+        return self.strategy.train_from(self)
+
+    def trained(self, params: Params, steps: int) -> None:
+        self.params = params
+        self.age += steps
+
+    # helpers for strategies ----------------------------------------------------------------
+    def random_neighbour(self) -> int | None:
+        if not self.neighbours:
+            return None
+        return int(self.neighbours[self.rng.integers(len(self.neighbours))])
+
+    def message(self, kind: str, *, age: float | None = None, **meta) -> Message:
+        """A message from this peer carrying its current parameters."""
+        return Message(kind=kind, run=self.run, sender=self.pid, round=self.round,
+                       age=self.age if age is None else age, samples=self.samples,
+                       params=self.params, meta=meta)
+
+    # the exchange ------------------------------------------------------------------------
+    def outgoing(self) -> Outbox:
+        """Messages to send after local training in the current round."""
+        return self.strategy.outgoing(self)
+
+    def receive(self, msg: Message) -> Outbox:
+        """Take in one message; returns replies (pairwise gossip answers a pull)."""
+        s = self.strategy
+        if s.synchronous and msg.kind == s.buffered_kind:
+            # late messages of an earlier round are ignored; a bounded look-ahead is kept
+            if (self.round <= msg.round <= self.round + _LOOK_AHEAD
+                    and msg.sender in self.neighbours):
+                self.inbox.setdefault(msg.round, {})[msg.sender] = msg
+            return []
+        return s.receive(self, msg)
+
+    def end_round(self) -> None:
+        """Synchronous algorithms mix what arrived; a missing neighbour's weight stays home."""
+        self.strategy.end_round(self, self.inbox.pop(self.round, {}))
+
+    # checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, float]:
+        """What a checkpoint keeps besides the parameters."""
+        return {"age": self.age, **self.strategy.state()}
+
+    def restore(self, state: dict) -> None:
+        self.age = float(state.get("age", 0.0))
+        self.strategy.restore(state)

@@ -1,0 +1,228 @@
+"""A gossip run's configuration and set-up, shared by the simulator and the networked peers.
+
+Everything both runtimes must agree on (data split, partition, topology, mixing weights,
+initial model) is derived here from the seed, so every peer on every machine computes the
+same set-up and loads only its own shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from gossipser.config import check_types
+from gossipser.data.corpora import Corpus
+from gossipser.data.dataset import Dataset, corpus_arrays, split_speakers
+from gossipser.data.features import FeatureConfig
+from gossipser.data.partition import parse_partition, partition
+from gossipser.errors import ConfigError
+from gossipser.gossip.algorithms import ALGORITHMS, algorithm_class
+from gossipser.gossip.mixing import Params, mixing_matrix
+from gossipser.gossip.peer import Peer
+from gossipser.gossip.server import FedAvgServer
+from gossipser.gossip.topology import build_topology
+from gossipser.learn.modelio import n_inputs
+from gossipser.learn.models import ModelConfig, build_model, get_state
+from gossipser.learn.pool import PoolSpec, Shard
+from gossipser.learn.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    algorithm: str = "dpsgd"
+    topology: str = "ring"  # a spec (ring, torus, regular:4, ...) or a file
+    peers: int | None = None  # default: one per training speaker
+    rounds: int = 30
+    local_epochs: float = 1.0
+    mixing: str = "metropolis"
+    partition: str = "speaker"
+    drop: float = 0.0  # probability that a message is lost
+    churn: float = 0.0  # probability that a peer is offline for a round
+    stragglers: float = 0.0  # probability that a peer does only 10-50% of its local steps
+    fraction: float = 1.0  # FedAvg: share of clients asked to train each round
+    eval_every: int = 1
+    workers: int = 2  # simulator training processes
+    init: str = "shared"  # shared: one initial model from the run seed; independent: per peer
+
+    def __post_init__(self) -> None:
+        check_types(self, "gossip")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of "
+                              f"{', '.join(ALGORITHMS)}")
+        for name in ("drop", "churn", "stragglers"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"gossip {name} must be a probability in [0, 1)")
+        if self.rounds < 1 or self.eval_every < 1 or self.local_epochs < 0:
+            raise ConfigError("gossip: rounds >= 1, eval_every >= 1, local_epochs >= 0 "
+                              "(0 switches training off)")
+        if self.init not in ("shared", "independent"):
+            raise ConfigError("gossip init must be shared or independent")
+        if self.peers is not None and self.peers < 2:
+            raise ConfigError("gossip: need at least 2 peers")
+        if not 0.0 < self.fraction <= 1.0 or self.workers < 1:
+            raise ConfigError("gossip: fraction in (0, 1], workers >= 1")
+        parse_partition(self.partition)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunSetup:
+    """The agreed-on pieces of one run; `peer_ids` are 0..N-1, the FedAvg server is -1."""
+
+    cfg: GossipConfig
+    features: FeatureConfig
+    model: ModelConfig
+    train: TrainConfig
+    dataset: Dataset
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    parts: list[np.ndarray]
+    graph: nx.Graph
+    mixing: np.ndarray
+    init: Params
+    seed: int
+    run_id: str
+
+    @property
+    def n_peers(self) -> int:
+        return len(self.parts)
+
+    def shard(self, pid: int) -> Shard:
+        idx = self.parts[pid]
+        return Shard(peer=pid, x=self.dataset.inputs(self.model.view, idx),
+                     y=self.dataset.labels[idx], seed=peer_seed(self.seed, pid))
+
+    def pool_spec(self) -> PoolSpec:
+        return PoolSpec(
+            model=self.model, train=self.train, n_inputs=n_inputs(self.features, self.model),
+            n_classes=len(self.dataset.classes),
+            test_x=self.dataset.inputs(self.model.view, self.test_idx),
+            test_y=self.dataset.labels[self.test_idx],
+        )
+
+    def initial_params(self, pid: int) -> Params:
+        if self.cfg.init == "shared":
+            return self.init
+        model = build_model(self.model, n_features=n_inputs(self.features, self.model),
+                            n_classes=len(self.dataset.classes), seed=peer_seed(self.seed, pid))
+        return get_state(model)
+
+    def make_peer(self, pid: int) -> Peer:
+        row = {int(j): float(self.mixing[pid, j]) for j in np.flatnonzero(self.mixing[pid])}
+        uses_graph = algorithm_class(self.cfg.algorithm).uses_topology
+        neighbours = list(self.graph.neighbors(pid)) if uses_graph else []
+        return Peer(
+            pid=pid, neighbours=neighbours, algorithm=self.cfg.algorithm,
+            params=self.initial_params(pid),
+            samples=len(self.parts[pid]), run=self.run_id, mix_row=row,
+            rng=np.random.default_rng([self.seed, 7, pid]),
+        )
+
+    def make_server(self) -> FedAvgServer:
+        return FedAvgServer(clients=range(self.n_peers), params=self.init, run=self.run_id,
+                            fraction=self.cfg.fraction, rng=np.random.default_rng([self.seed, 8]))
+
+    def describe(self) -> dict:
+        return {
+            "algorithm": self.cfg.algorithm, "topology": self.graph.graph.get(
+                "name", self.cfg.topology), "peers": self.n_peers, "rounds": self.cfg.rounds,
+            "model": self.model.kind, "corpus": self.dataset.corpus.name,
+            "classes": list(self.dataset.classes), "seed": self.seed, "run": self.run_id,
+            "partition": self.cfg.partition, "test_utterances": int(len(self.test_idx)),
+            "peer_utterances": [int(len(p)) for p in self.parts],
+        }
+
+
+def peer_seed(seed: int, pid: int) -> int:
+    return int(np.random.default_rng([seed, 5, pid]).integers(2**31))
+
+
+def run_id_for(seed: int, cfg: GossipConfig) -> str:
+    digest = hashlib.sha256(repr((seed, cfg.to_dict())).encode()).hexdigest()[:10]
+    return f"gsr-{digest}"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What every peer must agree on, computed from file names and the seed (no audio)."""
+
+    cfg: GossipConfig
+    seed: int
+    run_id: str
+    test_paths: tuple[str, ...]
+    peer_paths: tuple[tuple[str, ...], ...]
+    graph: nx.Graph
+    mixing: np.ndarray
+
+    def needed_by(self, pid: int | None) -> frozenset[str]:
+        """Files a peer must read: its own shard and the evaluation set (None: every file;
+        the server, -1: the evaluation set only)."""
+        if pid is None:
+            own = tuple(p for part in self.peer_paths for p in part)
+        else:
+            own = self.peer_paths[pid] if 0 <= pid < len(self.peer_paths) else ()
+        return frozenset((*own, *self.test_paths))
+
+
+def plan_run(
+    corpus: Corpus, *, cfg: GossipConfig, test_speakers: tuple[str, ...], seed: int,
+    run_id: str | None = None,
+) -> RunPlan:
+    """Split, partition, topology and mixing matrix, all from `seed` and the corpus listing."""
+    labels, speakers, paths = corpus_arrays(corpus)
+    train_idx, test_idx = split_speakers(speakers, corpus, test_speakers)
+    n_speakers = len(set(speakers[train_idx].tolist()))
+    kind, _ = parse_partition(cfg.partition)
+    peers = cfg.peers or (n_speakers if kind == "speaker" else None)
+    if peers is None:
+        raise ConfigError(f"--peers is needed with partition {cfg.partition}")
+    parts = partition(cfg.partition, index=train_idx, labels=labels, speakers=speakers,
+                      peers=peers, rng=np.random.default_rng([seed, 3]))
+    algo = algorithm_class(cfg.algorithm)
+    if algo.uses_topology:
+        graph = build_topology(cfg.topology, peers=peers, seed=seed)
+    else:  # FedAvg: every client talks to the server
+        graph = nx.star_graph(peers - 1)
+        graph.graph["name"] = "server"
+    mixing = mixing_matrix(graph, cfg.mixing) if algo.uses_mixing else np.eye(peers)
+    return RunPlan(
+        cfg=cfg, seed=seed, run_id=run_id or run_id_for(seed, cfg),
+        test_paths=tuple(paths[i] for i in test_idx),
+        peer_paths=tuple(tuple(paths[i] for i in part) for part in parts),
+        graph=graph, mixing=mixing,
+    )
+
+
+def setup_from_plan(
+    ds: Dataset, plan: RunPlan, *, model: ModelConfig, train: TrainConfig,
+) -> RunSetup:
+    """Bind a plan to loaded features; files that failed to load drop out of their shard."""
+    where = {p: i for i, p in enumerate(ds.paths)}
+
+    def index(paths: tuple[str, ...]) -> np.ndarray:
+        return np.array([where[p] for p in paths if p in where], dtype=np.int64)
+
+    init_model = build_model(model, n_features=n_inputs(ds.cfg, model),
+                             n_classes=len(ds.classes), seed=plan.seed)
+    parts = [index(p) for p in plan.peer_paths]
+    return RunSetup(
+        cfg=plan.cfg, features=ds.cfg, model=model, train=train, dataset=ds,
+        train_idx=np.concatenate(parts) if parts else np.zeros(0, np.int64),
+        test_idx=index(plan.test_paths), parts=parts, graph=plan.graph, mixing=plan.mixing,
+        init=get_state(init_model), seed=plan.seed, run_id=plan.run_id,
+    )
+
+
+def setup_run(
+    ds: Dataset, *, cfg: GossipConfig, model: ModelConfig, train: TrainConfig,
+    test_speakers: tuple[str, ...], seed: int, run_id: str | None = None,
+) -> RunSetup:
+    """Plan and bind in one go (the simulator, which loads every file)."""
+    plan = plan_run(ds.corpus, cfg=cfg, test_speakers=test_speakers, seed=seed, run_id=run_id)
+    return setup_from_plan(ds, plan, model=model, train=train)

@@ -1,0 +1,223 @@
+"""Where local training runs: in this process, or spread over worker processes.
+
+A pool owns one `LocalTrainer` (model + Adam state + data shard) per peer and the held-out
+test set. It is told "train peer i from these parameters for k steps" and "evaluate these
+states", and answers with parameters and scores. Peer logic never sees torch.
+Two torch threads barely speed up a small model, two processes do: `ProcessPool` shards the
+peers over processes with one torch thread each.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gossipser.errors import GossipserError
+from gossipser.learn.metrics import Scores
+from gossipser.learn.models import ModelConfig, build_model, get_state, set_state
+from gossipser.learn.train import LocalTrainer, TrainConfig, evaluate
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One peer's private training data and its trainer seed."""
+
+    peer: int
+    x: np.ndarray
+    y: np.ndarray
+    seed: int
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    model: ModelConfig
+    train: TrainConfig
+    n_inputs: int
+    n_classes: int
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    peer: int
+    params: Params
+    steps: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    peer: int
+    params: Params
+    loss: float
+    steps: int
+
+
+class _Trainers:
+    """The trainers of a set of shards plus one evaluation model (used in every pool)."""
+
+    def __init__(self, spec: PoolSpec, shards: Sequence[Shard]) -> None:
+        self.spec = spec
+        self.trainers = {
+            s.peer: LocalTrainer(
+                model=build_model(spec.model, n_features=spec.n_inputs,
+                                  n_classes=spec.n_classes, seed=s.seed),
+                x=s.x, y=s.y, n_classes=spec.n_classes, cfg=spec.train, seed=s.seed,
+            )
+            for s in shards
+        }
+        self.eval_model = build_model(spec.model, n_features=spec.n_inputs,
+                                      n_classes=spec.n_classes)
+
+    def train(self, job: TrainJob) -> TrainResult:
+        t = self.trainers[job.peer]
+        set_state(t.model, job.params)
+        loss = t.train_steps(job.steps)
+        return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps)
+
+    def evaluate(self, params: Params) -> Scores:
+        set_state(self.eval_model, params)
+        return evaluate(self.eval_model, self.spec.test_x, self.spec.test_y, self.spec.n_classes)
+
+
+class SerialPool:
+    """Everything in the calling process (tests, one-core machines, the networked peer)."""
+
+    def __init__(self, spec: PoolSpec, shards: Sequence[Shard]) -> None:
+        self._t = _Trainers(spec, shards)
+        self.workers = 1
+
+    def steps_per_epoch(self) -> dict[int, int]:
+        return {p: t.steps_per_epoch() for p, t in self._t.trainers.items()}
+
+    def trainer(self, peer: int) -> LocalTrainer:
+        return self._t.trainers[peer]
+
+    def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
+        return [self._t.train(j) for j in jobs]
+
+    def evaluate(self, states: Sequence[Params]) -> list[Scores]:
+        return [self._t.evaluate(s) for s in states]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _worker_main(conn, spec: PoolSpec, shards: list[Shard]) -> None:
+    # Ctrl-C is the parent's to handle: it closes the pool, which stops this worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    trainers = _Trainers(spec, shards)
+    conn.send(("ready", {p: t.steps_per_epoch() for p, t in trainers.trainers.items()}))
+    while True:
+        op, payload = conn.recv()
+        if op not in ("train", "evaluate"):
+            return
+        try:
+            work = trainers.train if op == "train" else trainers.evaluate
+            conn.send(("ok", [work(item) for item in payload]))
+        except Exception as exc:  # reported to the parent as one line, the worker lives on
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ProcessPool:
+    """Peers sharded round-robin over `workers` processes, one torch thread each.
+
+    Each trainer depends only on its seed and its jobs, so results equal SerialPool's.
+    """
+
+    def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *, workers: int = 2) -> None:
+        ctx = mp.get_context("spawn")  # fork after torch initialised its threads is unsafe
+        self.workers = max(1, min(workers, len(shards)))
+        self._owner: dict[int, int] = {}
+        self._conns = []
+        self._procs = []
+        self._spe: dict[int, int] = {}
+        try:
+            for w in range(self.workers):
+                mine = [s for i, s in enumerate(shards) if i % self.workers == w]
+                for s in mine:
+                    self._owner[s.peer] = w
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker_main, args=(child, spec, mine), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            for conn in self._conns:
+                self._spe.update(self._recv(conn))
+        except BaseException:
+            self.close()
+            raise
+
+    def _recv(self, conn):
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise GossipserError("a training worker process died") from None
+        if status == "error":
+            raise GossipserError(f"training worker: {payload}")
+        return payload
+
+    def steps_per_epoch(self) -> dict[int, int]:
+        return dict(self._spe)
+
+    def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
+        by_worker: dict[int, list[TrainJob]] = {}
+        for j in jobs:
+            by_worker.setdefault(self._owner[j.peer], []).append(j)
+        for w, js in by_worker.items():
+            self._conns[w].send(("train", js))
+        results = {r.peer: r for w in by_worker for r in self._recv(self._conns[w])}
+        return [results[j.peer] for j in jobs]
+
+    def evaluate(self, states: Sequence[Params]) -> list[Scores]:
+        parts = [list(range(w, len(states), self.workers)) for w in range(self.workers)]
+        busy = [w for w in range(self.workers) if parts[w]]
+        for w in busy:
+            self._conns[w].send(("evaluate", [states[i] for i in parts[w]]))
+        out: list[Scores | None] = [None] * len(states)
+        for w in busy:
+            for i, s in zip(parts[w], self._recv(self._conns[w]), strict=True):
+                out[i] = s
+        return out  # type: ignore[return-value]
+
+    def close(self, *, now: bool = False) -> None:
+        """Stop the workers: politely, or at once (`now`, e.g. after Ctrl-C mid-round)."""
+        for conn in self._conns:
+            try:
+                conn.send(("stop", None))
+            except (OSError, BrokenPipeError):
+                pass
+        for proc in self._procs:
+            if now:
+                proc.terminate()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(now=exc_type is not None)
+
+
+def make_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int):
+    return ProcessPool(spec, shards, workers=workers) if workers > 1 else SerialPool(spec, shards)

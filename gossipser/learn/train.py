@@ -1,0 +1,150 @@
+"""Local training: one optimiser over one holder's data. Peers, the FedAvg clients and the
+centralized baseline all train through `LocalTrainer`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from gossipser.config import check_types
+from gossipser.errors import ConfigError
+from gossipser.learn.metrics import Scores, score
+from gossipser.learn.models import attach_generator
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_balanced: bool = False
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_types(self, "train")
+        if self.epochs < 0 or self.batch_size < 2 or not 0 < self.lr < 1:
+            raise ConfigError("train config: need epochs >= 0, batch_size >= 2, 0 < lr < 1")
+        if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
+            raise ConfigError("train config: label_smoothing in [0, 1), weight_decay >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights normalised to mean 1 over the classes present."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0)
+    return w.astype(np.float32)
+
+
+class LocalTrainer:
+    """Adam on one data shard with a local torch.Generator for batch order."""
+
+    def __init__(
+        self, *, model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int,
+        cfg: TrainConfig, seed: int,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.generator = torch.Generator().manual_seed(int(seed))
+        # dropout masks come from a generator of our own: a trainer's stream depends only on
+        # its seed, whatever else runs in the process or in other threads
+        self.dropout_generator = torch.Generator().manual_seed(int(seed) + 1)
+        attach_generator(model, self.dropout_generator)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        )
+        weight = (torch.from_numpy(class_weights(np.asarray(y, np.int64), n_classes))
+                  if cfg.class_balanced and len(y) else None)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.steps_done = 0
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.y)
+
+    def steps_per_epoch(self) -> int:
+        n = self.n_samples
+        return max(1, n // self.cfg.batch_size) if n >= 2 else 0
+
+    def _batches(self, steps: int):
+        """`steps` index batches drawn from fresh permutations; never a batch of one
+        (BatchNorm cannot train on it), so a trailing singleton joins the previous batch."""
+        n, bs = self.n_samples, min(self.cfg.batch_size, self.n_samples)
+        done = 0
+        while done < steps:
+            perm = torch.randperm(n, generator=self.generator)
+            cuts = list(range(0, n - bs + 1, bs))
+            for i, start in enumerate(cuts):
+                end = n if i == len(cuts) - 1 and n - (start + bs) < bs else start + bs
+                yield perm[start:end]
+                done += 1
+                if done == steps:
+                    return
+
+    def train_steps(self, steps: int) -> float:
+        """Run `steps` optimiser steps; returns the mean training loss (nan if none)."""
+        if steps <= 0 or self.n_samples < 2:
+            return float("nan")
+        self.model.train()
+        total = 0.0
+        count = 0
+        for idx in self._batches(steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            count += 1
+        self.steps_done += count
+        return total / max(count, 1)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Optimiser moments and RNG states as plain arrays (for checkpoints, no pickle)."""
+        out = {"_rng.batches": self.generator.get_state().numpy(),
+               "_rng.dropout": self.dropout_generator.get_state().numpy(),
+               "_steps": np.array(self.steps_done, dtype=np.int64)}
+        for i, st in self.optimizer.state_dict()["state"].items():
+            for key, value in st.items():
+                out[f"_adam.{i}.{key}"] = value.detach().numpy().copy()
+        return out
+
+    def load_state(self, saved: dict[str, np.ndarray]) -> None:
+        self.generator.set_state(torch.from_numpy(np.array(saved["_rng.batches"])))
+        self.dropout_generator.set_state(torch.from_numpy(np.array(saved["_rng.dropout"])))
+        self.steps_done = int(saved["_steps"])
+        opt = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in saved.items():
+            if name.startswith("_adam."):
+                _, i, key = name.split(".", 2)
+                state.setdefault(int(i), {})[key] = torch.from_numpy(np.array(value))
+        self.optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+
+    def train_epochs(self, epochs: float) -> float:
+        return self.train_steps(int(round(epochs * self.steps_per_epoch())))
+
+
+def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities, (N, n_classes), with the model in eval mode."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))
+            out.append(torch.softmax(model(xb), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int) -> Scores:
+    if len(y) == 0:
+        return score(np.zeros(0, int), np.zeros(0, int), n_classes)
+    return score(y, predict_proba(model, x).argmax(axis=1), n_classes)

@@ -1,0 +1,161 @@
+"""Network plumbing shared by a networked peer and the FedAvg server.
+
+A `NetNode` owns a transport, turns messages into authenticated frames and back, rejects
+and counts anything that does not check out (bad frame, bad tag, other run, wrong shapes,
+non-finite values, a sender that is not a neighbour), and answers `hello`s, so that nodes
+started at different moments find each other. It holds no learning logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from gossipser.config import check_types
+from gossipser.errors import ConfigError, TransportError, WireError
+from gossipser.gossip.wire import Message, ModelSpec, decode, encode
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """[network] section of a run config."""
+
+    transport: str = "tcp"  # tcp, mqtt (memory: tests)
+    secret: str = "env:GOSSIPSER_SECRET"  # env:VAR, file:PATH or a literal
+    host: str = "127.0.0.1"  # peers listen on host:base_port+id unless the topology says
+    base_port: int = 7401
+    server_host: str = "127.0.0.1"
+    server_port: int = 7400
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    wait_timeout: float = 20.0  # longest wait for a neighbour's (or a client's) message
+    send_timeout: float = 5.0
+    start_timeout: float = 120.0  # longest wait for the neighbours to show up at start
+
+    def __post_init__(self) -> None:
+        check_types(self, "network")
+        if self.transport not in ("tcp", "mqtt", "memory"):
+            raise ConfigError(f"[network] transport must be tcp or mqtt, got {self.transport!r}")
+        for name in ("wait_timeout", "send_timeout", "start_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[network] {name} must be > 0 seconds")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["secret"] = d["secret"].split(":")[0] + ":…" if ":" in d["secret"] else "…"
+        return d
+
+
+class NetNode:
+    """Send and receive `Message`s over one open transport."""
+
+    def __init__(
+        self, *, node: int, transport, secret: bytes, run: str, spec: ModelSpec,
+        allowed: Iterable[int], on_message: Handler,
+    ) -> None:
+        self.node = node
+        self.transport = transport
+        self.secret = secret
+        self.run = run
+        self.spec = spec
+        self.allowed = frozenset(allowed)
+        self.on_message = on_message
+        self.rejected: Counter[str] = Counter()
+        self.send_failures = 0
+        self.heard: set[int] = set()  # nodes we got any authenticated message from
+        self.heard_round: dict[int, int] = {}  # latest round each node told us about
+        self._changed = asyncio.Event()
+        self.round = 0  # the owner's current round, told to nodes that say hello
+
+    # sending ---------------------------------------------------------------------------
+    async def send(self, dest: int, msg: Message) -> bool:
+        """Send one message; False (counted) when the destination cannot be reached."""
+        try:
+            await self.transport.send(dest, encode(msg, secret=self.secret))
+            return True
+        except TransportError:
+            self.send_failures += 1
+            return False
+
+    async def send_all(self, outbox: list[tuple[int, Message]]) -> set[int]:
+        """Send concurrently; returns the destinations that could not be reached."""
+        if not outbox:
+            return set()
+        ok = await asyncio.gather(*(self.send(d, m) for d, m in outbox))
+        return {d for (d, _), good in zip(outbox, ok, strict=True) if not good}
+
+    # receiving -------------------------------------------------------------------------
+    def _accept(self, frame: bytes) -> Message | None:
+        try:
+            msg = decode(frame, secret=self.secret, spec=self.spec, run=self.run)
+        except WireError as exc:
+            self.rejected[_reason(str(exc))] += 1
+            return None
+        if msg.sender not in self.allowed:
+            self.rejected["sender is not a neighbour"] += 1
+            return None
+        return msg
+
+    async def receive_loop(self) -> None:
+        """Until cancelled: decode, check and hand over every frame that arrives."""
+        async for frame in self.transport.incoming():
+            msg = self._accept(frame)
+            if msg is None:
+                continue
+            self.heard.add(msg.sender)
+            self.heard_round[msg.sender] = max(self.heard_round.get(msg.sender, 0), msg.round)
+            if msg.kind == "hello":
+                if not msg.meta.get("ack"):
+                    await self.send(msg.sender, self._hello(self.round, ack=1))
+            else:
+                await self.on_message(msg)
+            self.notify()
+
+    def notify(self) -> None:
+        self._changed.set()
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait (at most `timeout` s) until `done()` holds; re-checked after each arrival."""
+        end = time.monotonic() + timeout
+        while not done():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.5))
+        return True
+
+    # start-up --------------------------------------------------------------------------
+    def _hello(self, round_: int, ack: int = 0) -> Message:
+        return Message(kind="hello", run=self.run, sender=self.node, round=round_,
+                       meta={"ack": ack})
+
+    async def handshake(self, targets: Iterable[int], *, round_: int, timeout: float) -> set[int]:
+        """Say hello until every target has answered or `timeout` passes; returns the silent."""
+        targets = set(targets)
+        end = time.monotonic() + timeout
+        while not targets <= self.heard and time.monotonic() < end:
+            await asyncio.gather(*(self.send(t, self._hello(round_))
+                                   for t in targets - self.heard))
+            await self.wait_until(lambda: targets <= self.heard, 0.5)
+        return targets - self.heard
+
+
+def _reason(message: str) -> str:
+    """A short, stable counter key for a rejection ('bad HMAC tag', 'shape', ...)."""
+    text = message.removeprefix("wire: ")
+    if text.startswith("frame belongs to run"):  # names the sender's run id: not a stable key
+        return "run id"
+    for key in ("HMAC", "run id", "shape", "dtype", "non-finite", "too large", "magic",
+                "version", "missing", "unexpected", "msgpack", "truncated", "kind"):
+        if key.lower() in text.lower():
+            return key
+    return text[:40]

@@ -1,0 +1,206 @@
+"""Single-process topology simulator: many peers, one machine, deterministic by seed.
+
+It only delivers messages between `Peer` objects (and the FedAvg server), injects faults
+(message drop, churn, stragglers), hands training to a worker pool and emits events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from gossipser.gossip.algorithms import Outbox
+from gossipser.gossip.events import Listener, PeerStatus, RoundFinished, RunFinished, RunStarted
+from gossipser.gossip.mixing import Params, combine
+from gossipser.gossip.plan import RunSetup
+from gossipser.gossip.server import FedAvgServer
+from gossipser.gossip.wire import SERVER_ID, Message, encode
+from gossipser.learn.pool import TrainJob
+
+SIM_SECRET = b"simulator"  # frames are encoded only to measure their size on the wire
+
+CSV_COLUMNS = (
+    "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model",
+    "wa_avg_model", "consensus_distance", "loss_mean", "online", "messages_sent",
+    "messages_dropped", "bytes_sent_total", "bytes_per_peer_mean", "bytes_sent_max_peer",
+    "bytes_sent_max_node", "wall_s",
+)
+
+
+def is_statistic(name: str) -> bool:
+    """BatchNorm running statistics travel with the model but are not trained parameters."""
+    return name.endswith(("running_mean", "running_var"))
+
+
+def flatten(params: Params) -> np.ndarray:
+    """Trained parameters as one float64 vector (what the consensus distance measures)."""
+    return np.concatenate([np.ravel(params[k]).astype(np.float64)
+                           for k in sorted(params) if not is_statistic(k)])
+
+
+def consensus_distance_of(states: Sequence[Params]) -> tuple[float, np.ndarray]:
+    """((1/n) sum_i ||theta_i - theta_bar||^2 over trained parameters, per-peer distances).
+
+    Accumulated one parameter at a time, without a copy of every model."""
+    per_peer = np.zeros(len(states))
+    for k in states[0]:
+        if is_statistic(k):
+            continue
+        x = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
+        per_peer += ((x - x.mean(axis=0)) ** 2).sum(axis=1)
+    return float(per_peer.mean()), per_peer
+
+
+class Simulator:
+    def __init__(self, setup: RunSetup, pool, *, listeners: Sequence[Listener] = ()) -> None:
+        self.setup = setup
+        self.cfg = setup.cfg
+        self.pool = pool
+        self.listeners = list(listeners)
+        self.rng = np.random.default_rng([setup.seed, 11])
+        self.peers = [setup.make_peer(i) for i in range(setup.n_peers)]
+        self.server: FedAvgServer | None = (
+            setup.make_server() if self.cfg.algorithm == "fedavg" else None)
+        self.steps_per_epoch = pool.steps_per_epoch()
+        self.bytes_sent: dict[int, int] = {i: 0 for i in range(setup.n_peers)}
+        if self.server is not None:
+            self.bytes_sent[SERVER_ID] = 0
+        self.messages_sent = 0
+        self.messages_dropped = 0
+        self._sizes: dict[tuple, int] = {}
+        self.rows: list[dict] = []
+
+    def _emit(self, event) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    def _size(self, msg: Message) -> int:
+        key = (msg.kind, tuple(sorted(msg.meta.items())))
+        if key not in self._sizes:
+            self._sizes[key] = len(encode(msg, secret=SIM_SECRET))
+        return self._sizes[key]
+
+    def _deliver(self, sender: int, outbox: Outbox, online: set[int]) -> None:
+        queue = deque((sender, dest, msg) for dest, msg in outbox)
+        while queue:
+            src, dest, msg = queue.popleft()
+            self.bytes_sent[src] += self._size(msg)
+            self.messages_sent += 1
+            lost = self.cfg.drop > 0 and self.rng.random() < self.cfg.drop
+            if lost or (dest != SERVER_ID and dest not in online):
+                self.messages_dropped += 1
+                continue
+            if dest == SERVER_ID:
+                self.server.receive(msg)
+            else:
+                queue.extend((dest, d, m) for d, m in self.peers[dest].receive(msg))
+
+    def _steps(self, pid: int) -> int:
+        if self.cfg.local_epochs == 0:
+            return 0
+        steps = max(1, int(round(self.cfg.local_epochs * self.steps_per_epoch[pid])))
+        if self.cfg.stragglers > 0 and self.rng.random() < self.cfg.stragglers:
+            steps = max(1, int(round(steps * self.rng.uniform(0.1, 0.5))))
+        return steps
+
+    def run_round(self, r: int) -> tuple[set[int], dict[int, float]]:
+        n = len(self.peers)
+        churn = self.cfg.churn
+        online = {i for i in range(n) if not (churn > 0 and self.rng.random() < churn)}
+        for p in self.peers:
+            p.begin_round(r)
+        training = sorted(online)
+        if self.server is not None:
+            self._deliver(SERVER_ID, self.server.start_round(r), online)
+            training = [c for c in training if self.peers[c].wants_training()]
+        jobs = [TrainJob(peer=i, params=self.peers[i].train_from(), steps=self._steps(i))
+                for i in training]
+        losses = {}
+        for res in self.pool.train([j for j in jobs if j.steps > 0]):
+            self.peers[res.peer].trained(res.params, res.steps)
+            losses[res.peer] = res.loss
+        for i in self.rng.permutation(training):
+            self._deliver(int(i), self.peers[int(i)].outgoing(), online)
+        for i in sorted(online):
+            self.peers[i].end_round()
+        if self.server is not None:
+            self.server.end_round()
+        return online, losses
+
+    def _row(self, r: int, online: set[int], losses: dict[int, float], evaluate: bool,
+             t0: float) -> tuple[dict, tuple[PeerStatus, ...]]:
+        states = [p.params for p in self.peers]
+        dist, per_peer = consensus_distance_of(states)
+        peer_bytes = [self.bytes_sent[i] for i in range(len(self.peers))]
+        row: dict = {c: "" for c in CSV_COLUMNS}
+        row.update(
+            round=r, consensus_distance=dist, online=len(online),
+            loss_mean=float(np.mean(list(losses.values()))) if losses else float("nan"),
+            messages_sent=self.messages_sent, messages_dropped=self.messages_dropped,
+            bytes_sent_total=sum(self.bytes_sent.values()),
+            bytes_per_peer_mean=float(np.mean(peer_bytes)),
+            bytes_sent_max_peer=max(peer_bytes),
+            bytes_sent_max_node=max(self.bytes_sent.values()),  # the FedAvg server is a node
+            wall_s=round(time.perf_counter() - t0, 3),
+        )
+        uas: list[float | None] = [None] * len(self.peers)
+        if evaluate:
+            avg = (self.server.params if self.server is not None
+                   else combine(states, [1.0] * len(states)))
+            scores = self.pool.evaluate(states + [avg])
+            peer_scores, avg_score = scores[:-1], scores[-1]
+            uas = [s.ua for s in peer_scores]
+            row.update(
+                ua_mean=float(np.mean(uas)), ua_min=float(np.min(uas)),
+                ua_max=float(np.max(uas)), wa_mean=float(np.mean([s.wa for s in peer_scores])),
+                macro_f1_mean=float(np.mean([s.macro_f1 for s in peer_scores])),
+                ua_avg_model=avg_score.ua, wa_avg_model=avg_score.wa,
+            )
+            self.last_scores = (peer_scores, avg_score)
+        statuses = tuple(
+            PeerStatus(peer=i, online=i in online, ua=uas[i], loss=losses.get(i),
+                       distance=float(per_peer[i]), bytes_sent=self.bytes_sent[i])
+            for i in range(len(self.peers))
+        )
+        return row, statuses
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self._emit(RunStarted(info={**self.setup.describe(), "workers": self.pool.workers}))
+        t0 = time.perf_counter()
+        for r in range(1, cfg.rounds + 1):
+            online, losses = self.run_round(r)
+            evaluate = r % cfg.eval_every == 0 or r == cfg.rounds
+            row, statuses = self._row(r, online, losses, evaluate, t0)
+            self.rows.append(row)
+            self._emit(RoundFinished(round=r, rounds=cfg.rounds, row=row, peers=statuses))
+        summary = self.summary(time.perf_counter() - t0)
+        self._emit(RunFinished(summary=summary))
+        return summary
+
+    def summary(self, wall_s: float) -> dict:
+        last = self.rows[-1]
+        peer_scores, avg_score = self.last_scores
+        return {
+            **self.setup.describe(), "wall_s": round(wall_s, 2),
+            "bytes_sent_total": int(sum(self.bytes_sent.values())),
+            "bytes_sent_max_peer": int(max(self.bytes_sent[i] for i in range(len(self.peers)))),
+            "bytes_sent_max_node": int(max(self.bytes_sent.values())),
+            "bytes_sent_server": int(self.bytes_sent.get(SERVER_ID, 0)),
+            "messages_sent": self.messages_sent, "messages_dropped": self.messages_dropped,
+            "final": {
+                "ua_mean": last["ua_mean"], "ua_min": last["ua_min"], "ua_max": last["ua_max"],
+                "wa_mean": last["wa_mean"], "macro_f1_mean": last["macro_f1_mean"],
+                "ua_avg_model": last["ua_avg_model"], "wa_avg_model": last["wa_avg_model"],
+                "macro_f1_avg_model": avg_score.macro_f1,
+                "consensus_distance": last["consensus_distance"],
+                "confusion_avg_model": avg_score.confusion.tolist(),
+                "ua_per_peer": [s.ua for s in peer_scores],
+            },
+        }
+
+    def final_states(self) -> list[Params]:
+        return [p.params for p in self.peers]
