@@ -105,12 +105,16 @@ def _fits(value: Any, tp: Any) -> bool:
     if origin is tuple or origin is list:
         if not isinstance(value, tuple | list):
             return False
+        if origin is list and args:
+            return all(_fits(v, args[0]) for v in value)
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_fits(v, args[0]) for v in value)
         return not args or (len(args) == len(value)
                             and all(_fits(v, a) for v, a in zip(value, args, strict=True)))
     if origin is dict:
         return isinstance(value, dict)
+    if tp is list:
+        return isinstance(value, tuple | list)
     if isinstance(tp, type):
         return isinstance(value, tp)
     return True  # an annotation this checker does not model
@@ -127,11 +131,11 @@ def describe_type(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (tuple, list):
-        if len(args) == 2 and args[1] is Ellipsis:
+        if origin is list and args or len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_plural(args[0])}"
         return f"a list of {len(args)} values" if args else "a list"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             dict: "a table"}
+             dict: "a table", list: "a list"}
     if tp in names:
         return names[tp]
     return f"a {getattr(tp, '__name__', tp)}"

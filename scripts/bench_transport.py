@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 from bench_wire import model_params  # scripts/ is on sys.path when a script runs
 
-from gossipser.gossip.wire import Message, ModelSpec, decode, encode
+from gossipser.gossip.message import Message, ModelSpec
+from gossipser.gossip.wire import decode, encode
 from gossipser.net.broker import Mosquitto, free_port, mosquitto_path
-from gossipser.net.transport import Transport, TransportConfig, open_transport
+from gossipser.net.links import open_transport
+from gossipser.net.transport import Transport, TransportConfig
 
 SECRET = b"bench-run-secret-0123456789abcdef"
 RUN = "bench"

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gossipser.gossip.wire import MAGIC, TAG_LEN, Message, ModelSpec, decode, encode
+from gossipser.gossip.message import Message, ModelSpec
+from gossipser.gossip.wire import MAGIC, TAG_LEN, decode, encode
 
 
 def model_params(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from gossipser.errors import ConfigError
 from gossipser.gossip.algorithms import ALGORITHMS
+from gossipser.gossip.graphs import ring_graph, star_graph, torus_graph
+from gossipser.gossip.message import SERVER_ID, Message
 from gossipser.gossip.mixing import combine, metropolis_weights
 from gossipser.gossip.peer import Peer
 from gossipser.gossip.server import FedAvgServer
-from gossipser.gossip.topology import ring_graph, star_graph, torus_graph
-from gossipser.gossip.wire import SERVER_ID, Message
 
 RUN = "test-run"
 F32 = dict(rtol=1e-6, atol=1e-6)

@@ -30,8 +30,9 @@ import soundfile as sf
 
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.data.features import prepare_signal
+from gossipser.gossip.message import Message
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
-from gossipser.gossip.wire import MAGIC, Message, decode, encode
+from gossipser.gossip.wire import MAGIC, decode, encode
 from gossipser.learn.models import ModelConfig
 from gossipser.learn.pool import SerialPool
 from gossipser.learn.train import TrainConfig

@@ -19,9 +19,10 @@ import torch
 from gossipser.cli.main import main
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.gossip.algorithms import ALGORITHMS
+from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import combine, slem
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
-from gossipser.gossip.wire import Message, encode
+from gossipser.gossip.wire import encode
 from gossipser.learn.models import ModelConfig
 from gossipser.learn.pool import ProcessPool, SerialPool, TrainJob
 from gossipser.learn.train import TrainConfig

@@ -8,15 +8,8 @@ import networkx as nx
 import pytest
 
 from gossipser.errors import ConfigError, TopologyError
-from gossipser.gossip.topology import (
-    TopologySpec,
-    build_topology,
-    describe,
-    parse_spec,
-    save_topology,
-    torus_shape,
-    validate,
-)
+from gossipser.gossip.graphs import TopologySpec, parse_spec, torus_shape
+from gossipser.gossip.topology import build_topology, describe, save_topology, validate
 
 READY = Path(__file__).resolve().parents[1] / "topologies"
 

@@ -11,14 +11,9 @@ import pytest
 
 from gossipser.errors import ConfigError, TransportError
 from gossipser.net.broker import Mosquitto, free_port, mosquitto_path
-from gossipser.net.transport import (
-    MemoryHub,
-    MemoryTransport,
-    TcpTransport,
-    Transport,
-    TransportConfig,
-    open_transport,
-)
+from gossipser.net.links import open_transport
+from gossipser.net.tcp import TcpTransport
+from gossipser.net.transport import MemoryHub, MemoryTransport, Transport, TransportConfig
 
 BIG = 200_000  # bytes: a small model's frame
 LOOPBACK = "127.0.0.1"

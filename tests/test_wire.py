@@ -16,14 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossipser.errors import ConfigError, TransportError, WireError
+from gossipser.gossip.message import KINDS, Message, ModelSpec
 from gossipser.gossip.wire import (
     DEFAULT_DTYPES,
-    KINDS,
     MAGIC,
     TAG_LEN,
     WIRE_VERSION,
-    Message,
-    ModelSpec,
     decode,
     encode,
     frame_length_prefix,

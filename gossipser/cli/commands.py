@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from rich.markup import escape
 
-from gossipser.cli.options import run_configs
+from gossipser.cli.options import data_config, run_configs
 from gossipser.config import read_toml
 from gossipser.data.corpora import parse_emotions
 from gossipser.data.dataset import Dataset, load_dataset, speaker_folds, split_by_speakers
@@ -22,15 +22,6 @@ from gossipser.ui.report import confusion_table, make_console, progress, scores_
 
 # 10 speakers: one held out, 9 peers (a 3x3 torus works too)
 SYNTH_DEFAULT = {"speakers": 10, "per_emotion": 10, "seed": 0}
-
-
-def dispatch(args: Any) -> int:
-    from gossipser.cli.net import cmd_peer, cmd_server
-
-    handlers = {"synth": cmd_synth, "train": cmd_train, "predict": cmd_predict,
-                "simulate": cmd_simulate, "topology": cmd_topology, "peer": cmd_peer,
-                "server": cmd_server}
-    return handlers[args.command](args)
 
 
 def synthetic_corpus(cache_dir: Path | None, console) -> Path:
@@ -50,14 +41,14 @@ def synthetic_corpus(cache_dir: Path | None, console) -> Path:
 
 def load_data(args: Any, doc: dict, features: FeatureConfig, console) -> Dataset:
     """The dataset named by --data / [data].path, or the synthetic default; prints what it did."""
-    data = doc.get("data", {})
-    cache_dir = getattr(args, "cache_dir", None) or data.get("cache_dir")
-    root = getattr(args, "data", None) or data.get("path")
+    data = data_config(doc)
+    cache_dir = getattr(args, "cache_dir", None) or data.cache_dir
+    root = getattr(args, "data", None) or data.path
     if root is None:
         root = synthetic_corpus(cache_dir, console)
         console.print(f"corpus: synthetic (generated speech-like audio) at {root}")
-    corpus = getattr(args, "corpus", None) or data.get("corpus", "auto")
-    emotions = getattr(args, "emotions", None) or data.get("emotions")
+    corpus = getattr(args, "corpus", None) or data.corpus
+    emotions = getattr(args, "emotions", None) or data.emotions
     with progress(console, "extracting MFCC", 1, every=500) as update:
         ds = load_dataset(root, corpus=corpus, emotions=emotions, features=features,
                           cache_dir=Path(cache_dir) if cache_dir else None, progress=update)
@@ -90,7 +81,7 @@ def speaker_list(value: str | list) -> tuple[str, ...]:
 
 def resolve_test_speakers(flag: str | None, doc: dict, ds: Dataset) -> tuple[str, ...]:
     """The --test-speakers flag, else [data] test_speakers, else the corpus default."""
-    value = flag or doc.get("data", {}).get("test_speakers")
+    value = flag or data_config(doc).test_speakers
     return speaker_list(value) if value else default_test_speakers(ds)
 
 

@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand `args.command` (its module is imported only then)."""
+    if args.command in ("peer", "server"):
+        from gossipser.cli import deploy
+
+        return deploy.cmd_peer(args) if args.command == "peer" else deploy.cmd_server(args)
+    from gossipser.cli import commands
+
+    return getattr(commands, f"cmd_{args.command}")(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -131,9 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # small models gain nothing from a second intra-op thread, and on a busy machine
         # spinning OpenMP threads slow everything else down; processes give parallelism
         torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
-        from gossipser.cli import commands
-
-        return int(commands.dispatch(args) or 0)
+        return int(dispatch(args) or 0)
     except GossipserError as exc:
         error_line(str(exc))
         return 2

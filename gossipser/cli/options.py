@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from gossipser.config import build
+from gossipser.config import build, check_types
 from gossipser.data.features import FeatureConfig
 from gossipser.learn.models import ModelConfig
 from gossipser.learn.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data] section: where the corpus is and which part of it a run uses."""
+
+    path: str | None = None  # corpus folder (default: the bundled synthetic corpus)
+    corpus: str = "auto"  # loader name, or auto-detect
+    emotions: str | list[str] | None = None  # a named set, "a,b,c" or a list
+    test_speakers: str | list | None = None  # "21,22" or a list of names/numbers
+    cache_dir: str | None = None  # feature cache
+    seed: int = 0  # `gossipser peer`/`server`: the run seed every process shares
+    run: str | None = None  # `gossipser peer`/`server`: run id (default: from seed and config)
+
+    def __post_init__(self) -> None:
+        check_types(self, "data")
+
+
+def data_config(doc: dict[str, dict[str, Any]]) -> DataConfig:
+    """The [data] section of a TOML doc, typed and checked."""
+    return build(DataConfig, doc.get("data", {}), {}, "data")
 
 
 def run_configs(args: Any, doc: dict[str, dict[str, Any]]):

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from gossipser.gossip.algorithms import Outbox, make_algorithm
+from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import Params, copy_params
-from gossipser.gossip.wire import Message
 
 _LOOK_AHEAD = 2  # rounds a fast neighbour's message may be ahead of ours and still be kept
 

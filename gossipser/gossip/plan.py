@@ -20,7 +20,7 @@ from gossipser.data.dataset import Dataset, corpus_arrays, split_speakers
 from gossipser.data.features import FeatureConfig
 from gossipser.data.partition import parse_partition, partition
 from gossipser.errors import ConfigError
-from gossipser.gossip.algorithms import ALGORITHMS, algorithm_class
+from gossipser.gossip.algorithms import algorithm_class
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
 from gossipser.gossip.server import FedAvgServer
@@ -50,9 +50,7 @@ class GossipConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "gossip")
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of "
-                              f"{', '.join(ALGORITHMS)}")
+        algorithm_class(self.algorithm)  # an unknown name is a ConfigError listing the known
         for name in ("drop", "churn", "stragglers"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"gossip {name} must be a probability in [0, 1)")

@@ -10,8 +10,8 @@ import numpy as np
 
 from gossipser.errors import ConfigError
 from gossipser.gossip.algorithms import Outbox
+from gossipser.gossip.message import SERVER_ID, Message
 from gossipser.gossip.mixing import Params, combine, copy_params
-from gossipser.gossip.wire import SERVER_ID, Message
 
 
 class FedAvgServer:

@@ -14,9 +14,7 @@ import asyncio
 import hmac
 import math
 import os
-import reprlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,101 +22,32 @@ import msgpack
 import numpy as np
 
 from gossipser.errors import ConfigError, TransportError, WireError
+from gossipser.gossip.message import (
+    MAX_META,
+    MAX_META_STR,
+    MAX_NAME_LEN,
+    MAX_PARAMS,
+    MAX_RUN_LEN,
+    MODEL_KINDS,
+    NAME_OF_DTYPE,
+    WIRE_DTYPES,
+    Message,
+    ModelSpec,
+    short,
+)
 
 MAGIC = b"GSR1"
 WIRE_VERSION = 1
 TAG_LEN = 32
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
-MODEL_KINDS = frozenset({"model", "push_sum", "fedavg_update", "fedavg_global"})
-CONTROL_KINDS = frozenset({"hello", "bye"})
-KINDS = MODEL_KINDS | CONTROL_KINDS
-SERVER_ID = -1
-# Every dtype the format can describe; what a receiver accepts is narrower by default.
-WIRE_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name).newbyteorder("<")
-    for name in ("float32", "float64", "float16", "int64", "int32")
-}
-_NAME_OF_DTYPE = {dtype: name for name, dtype in WIRE_DTYPES.items()}  # dtype.name is slow
 DEFAULT_DTYPES = frozenset({"float32", "float64"})
-MAX_RUN_LEN = 128
-MAX_NAME_LEN = 256
-MAX_PARAMS = 4096
 MAX_NDIM = 32
-MAX_META = 32
-MAX_META_KEY = 64
-MAX_META_STR = 256
 
 _MIN_FRAME = len(MAGIC) + 1 + TAG_LEN
 _MAX_FRAME_CEILING = 2**32 - 1  # the stream length prefix is 4 bytes
-_INT_LIMIT = 2**63
 _SCALAR_KEYS = ("kind", "run", "sender", "round", "age", "samples")
 _ENVELOPE_KEYS = frozenset({"version", *_SCALAR_KEYS, "params"})
 _LEN_PREFIX = 4
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Names, shapes and dtype names a peer expects in every model frame."""
-
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "shapes", {k: tuple(int(d) for d in v) for k, v in self.shapes.items()}
-        )
-        if self.shapes.keys() != self.dtypes.keys():
-            raise ConfigError("wire: ModelSpec shapes and dtypes name different parameters")
-        unknown = sorted(d for d in self.dtypes.values() if d not in WIRE_DTYPES)
-        if unknown:
-            raise ConfigError(f"wire: ModelSpec dtype(s) {unknown} cannot travel on the wire")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, np.ndarray]) -> ModelSpec:
-        """Spec describing `params` (name -> array), in their order."""
-        return cls(
-            shapes={name: tuple(int(d) for d in a.shape) for name, a in params.items()},
-            dtypes={name: a.dtype.name for name, a in params.items()},
-        )
-
-
-# eq=False: the dataclass __eq__ would compare dicts of arrays, which numpy refuses.
-@dataclass(frozen=True, kw_only=True, eq=False)
-class Message:
-    """One gossip message; scalar fields are validated and normalised on construction."""
-
-    kind: str
-    run: str
-    sender: int
-    round: int = 0
-    age: float = 0.0
-    samples: int = 0
-    params: dict[str, np.ndarray] = field(default_factory=dict)
-    meta: dict[str, int | float | str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or self.kind not in KINDS:
-            raise WireError(f"wire: unknown kind {_short(self.kind)} (known: {sorted(KINDS)})")
-        run_ok = isinstance(self.run, str) and 0 < len(self.run) <= MAX_RUN_LEN
-        if not (run_ok and self.run.isprintable()):
-            raise WireError(
-                f"wire: run id must be 1-{MAX_RUN_LEN} printable characters, got {_short(self.run)}"
-            )
-        object.__setattr__(self, "sender", _as_int("sender", self.sender, SERVER_ID))
-        object.__setattr__(self, "round", _as_int("round", self.round, 0))
-        object.__setattr__(self, "samples", _as_int("samples", self.samples, 0))
-        object.__setattr__(self, "age", _as_float("age", self.age))
-        object.__setattr__(self, "meta", _checked_meta(self.meta))
-        if not isinstance(self.params, dict) or len(self.params) > MAX_PARAMS:
-            raise WireError(f"wire: params must be a dict of at most {MAX_PARAMS} arrays")
-        for name, array in self.params.items():
-            good_name = isinstance(name, str) and 0 < len(name) <= MAX_NAME_LEN
-            if not (good_name and isinstance(array, np.ndarray)):
-                raise WireError(
-                    f"wire: param {_short(name)} needs a 1-{MAX_NAME_LEN} char name and an array"
-                )
-        if self.kind in CONTROL_KINDS and self.params:
-            raise WireError(f"wire: a {self.kind!r} message carries no parameters")
 
 
 def encode(msg: Message, *, secret: bytes) -> bytes:
@@ -242,7 +171,7 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
 
 
 def _wire_param(name: str, array: np.ndarray) -> list[Any]:
-    dtype_name = _NAME_OF_DTYPE.get(array.dtype) or _NAME_OF_DTYPE.get(
+    dtype_name = NAME_OF_DTYPE.get(array.dtype) or NAME_OF_DTYPE.get(
         array.dtype.newbyteorder("<")
     )
     if dtype_name is None:
@@ -277,7 +206,7 @@ def _message_from(envelope: Any) -> Message:
         raise WireError(f"wire: envelope is a {type(envelope).__name__}, expected a map")
     version = envelope.get("version")
     if type(version) is not int or version != WIRE_VERSION:
-        raise WireError(f"wire: unsupported version {_short(version)}, expected {WIRE_VERSION}")
+        raise WireError(f"wire: unsupported version {short(version)}, expected {WIRE_VERSION}")
     keys = envelope.keys()
     missing = sorted(_ENVELOPE_KEYS - keys)
     extra = sorted(keys - _ENVELOPE_KEYS - {"meta"}, key=repr)  # keys may be bytes
@@ -308,7 +237,7 @@ def _decode_params(
             raise WireError(f"wire: {label} is not in the local model")
         if type(dtype_name) is not str or dtype_name not in allowed:
             raise WireError(
-                f"wire: {label} dtype {_short(dtype_name)} is not allowed "
+                f"wire: {label} dtype {short(dtype_name)} is not allowed "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
         if spec is not None and dtype_name != spec.dtypes[name]:
@@ -340,53 +269,13 @@ def _wire_shape(label: str, shape: Any, itemsize: int, limit: int) -> tuple[int,
     if type(shape) is not list or len(shape) > MAX_NDIM:
         raise WireError(f"wire: {label} shape must be a list of at most {MAX_NDIM} ints")
     if not all(type(d) is int for d in shape):
-        raise WireError(f"wire: {label} shape {_short(shape)} holds a non-int")
+        raise WireError(f"wire: {label} shape {short(shape)} holds a non-int")
     if any(d < 0 for d in shape):
         raise WireError(f"wire: {label} shape {tuple(shape)} has a negative dimension")
     # numpy refuses shapes whose non-zero extent overflows, even when a zero makes them empty.
     if math.prod(d for d in shape if d) * itemsize > limit:
-        raise WireError(f"wire: {label} shape {_short(tuple(shape))} is too large")
+        raise WireError(f"wire: {label} shape {short(tuple(shape))} is too large")
     return tuple(shape)
-
-
-def _as_int(name: str, value: Any, low: int) -> int:
-    # bool is an int subclass, and msgpack decodes true/false to bool: refuse it explicitly.
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise WireError(f"wire: field {name!r} must be an int, got {_short(value)}")
-    if not low <= int(value) < _INT_LIMIT:
-        raise WireError(f"wire: field {name!r} must be in [{low}, 2**63), got {int(value)}")
-    return int(value)
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise WireError(f"wire: field {name!r} must be a number, got {_short(value)}")
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0.0):
-        raise WireError(f"wire: field {name!r} must be finite and >= 0, got {number}")
-    return number
-
-
-def _checked_meta(meta: Any) -> dict[str, int | float | str]:
-    if not isinstance(meta, dict) or len(meta) > MAX_META:
-        raise WireError(f"wire: meta must be a map of at most {MAX_META} entries")
-    checked: dict[str, int | float | str] = {}
-    for key, value in meta.items():
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_META_KEY:
-            raise WireError(f"wire: meta key {_short(key)} must be 1-{MAX_META_KEY} characters")
-        if isinstance(value, str):
-            if len(value) > MAX_META_STR:
-                raise WireError(f"wire: meta {key!r} is longer than {MAX_META_STR} characters")
-            checked[key] = value
-        elif isinstance(value, float | np.floating):
-            if not math.isfinite(value):
-                raise WireError(f"wire: meta {key!r} is not finite")
-            checked[key] = float(value)
-        elif isinstance(value, int | np.integer) and not isinstance(value, bool):
-            checked[key] = _as_int(f"meta {key}", value, -_INT_LIMIT)
-        else:
-            raise WireError(f"wire: meta {key!r} must be an int, float or str, got {_short(value)}")
-    return checked
 
 
 def _checked_secret(secret: Any) -> bytes:
@@ -408,6 +297,3 @@ def _checked_limit(max_bytes: Any) -> int:
         raise ConfigError(f"wire: max_bytes must be an int in [{_MIN_FRAME}, 2**32 - 1]")
     return max_bytes
 
-
-def _short(value: Any) -> str:
-    return reprlib.repr(value)  # bounded: error lines stay one short line for any input

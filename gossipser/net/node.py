@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from gossipser.config import check_types
 from gossipser.errors import ConfigError, TransportError, WireError
-from gossipser.gossip.wire import Message, ModelSpec, decode, encode
+from gossipser.gossip.message import Message, ModelSpec
+from gossipser.gossip.wire import decode, encode
 
 Handler = Callable[[Message], Awaitable[None]]
 

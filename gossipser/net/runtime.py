@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from gossipser.errors import ConfigError, TransportError
+from gossipser.gossip.message import SERVER_ID, Message, ModelSpec
 from gossipser.gossip.mixing import Params
 from gossipser.gossip.plan import RunSetup
-from gossipser.gossip.wire import SERVER_ID, Message, ModelSpec, secret_from
+from gossipser.gossip.wire import secret_from
 from gossipser.learn.modelio import save_model
 from gossipser.learn.models import set_state
 from gossipser.learn.pool import SerialPool, TrainJob
+from gossipser.net.links import open_transport
 from gossipser.net.node import NetNode, NetworkConfig
-from gossipser.net.transport import MemoryHub, TransportConfig, open_transport
+from gossipser.net.transport import MemoryHub, TransportConfig
 
 Status = Callable[[dict], None]
 ROW_COLUMNS = ("round", "ua", "wa", "macro_f1", "loss", "age", "bytes_sent", "frames_received",

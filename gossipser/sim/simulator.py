@@ -14,10 +14,11 @@ import numpy as np
 
 from gossipser.gossip.algorithms import Outbox
 from gossipser.gossip.events import Listener, PeerStatus, RoundFinished, RunFinished, RunStarted
+from gossipser.gossip.message import SERVER_ID, Message
 from gossipser.gossip.mixing import Params, combine
 from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.server import FedAvgServer
-from gossipser.gossip.wire import SERVER_ID, Message, encode
+from gossipser.gossip.wire import encode
 from gossipser.learn.pool import TrainJob
 
 SIM_SECRET = b"simulator"  # frames are encoded only to measure their size on the wire

@@ -10,25 +10,26 @@ import importlib
 import pkgutil
 
 from gossipser.errors import ConfigError
-from gossipser.gossip.algorithms.base import REGISTRY, Algorithm, Outbox, register
+from gossipser.gossip.algorithms import base
+from gossipser.gossip.algorithms.base import Algorithm, Outbox, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-ALGORITHMS = tuple(sorted(REGISTRY))
+ALGORITHMS = tuple(sorted(base.REGISTRY))  # the names shipped with gossipser
 
 
 def make_algorithm(name: str) -> Algorithm:
     """A fresh strategy object (one per peer: it may hold per-peer state)."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
-    return REGISTRY[name]()
+    return algorithm_class(name)()
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
-    make_algorithm(name)  # the same error for an unknown name
-    return REGISTRY[name]
+    if name not in base.REGISTRY:
+        known = ", ".join(sorted(base.REGISTRY))
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of {known}")
+    return base.REGISTRY[name]
 
 
 __all__ = ["ALGORITHMS", "Algorithm", "Outbox", "algorithm_class", "make_algorithm", "register"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from gossipser.errors import ConfigError
+from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import Params
-from gossipser.gossip.wire import Message
 
 if TYPE_CHECKING:
     from gossipser.gossip.peer import Peer

@@ -5,8 +5,8 @@ selected, send the update back. The server itself is `gossipser.gossip.server.Fe
 from __future__ import annotations
 
 from gossipser.gossip.algorithms.base import Algorithm, Outbox, register
+from gossipser.gossip.message import SERVER_ID
 from gossipser.gossip.mixing import copy_params
-from gossipser.gossip.wire import SERVER_ID
 
 
 @register

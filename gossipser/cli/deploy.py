@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from gossipser.cli.commands import speaker_list
-from gossipser.cli.options import run_configs
+from gossipser.cli.options import data_config, run_configs
 from gossipser.config import build, read_toml
 from gossipser.data.corpora import load_corpus
 from gossipser.data.dataset import load_dataset
 from gossipser.errors import ConfigError
+from gossipser.gossip.message import SERVER_ID
 from gossipser.gossip.plan import GossipConfig, RunSetup, plan_run, setup_from_plan
-from gossipser.gossip.wire import SERVER_ID
 from gossipser.net.node import NetworkConfig
 from gossipser.ui.report import make_console
 
@@ -28,24 +28,24 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
     if fedavg:
         gossip = dataclasses.replace(gossip, algorithm="fedavg")
     net = build(NetworkConfig, doc.get("network", {}), {}, "network")
-    d = doc.get("data", {})
-    root = data or d.get("path")
+    d = data_config(doc)
+    root = data or d.path
     if not root:
         raise ConfigError(f"{config}: [data] path is missing (or pass --data)")
-    test = d.get("test_speakers")
+    test = d.test_speakers
     if not test:
         raise ConfigError(f"{config}: [data] test_speakers is missing (e.g. [\"21\", \"22\"])")
     test = speaker_list(test)
-    seed = int(d.get("seed", 0))
-    corpus = load_corpus(root, corpus=d.get("corpus", "auto"), emotions=d.get("emotions"))
-    plan = plan_run(corpus, cfg=gossip, test_speakers=test, seed=seed, run_id=d.get("run"))
+    seed = d.seed
+    corpus = load_corpus(root, corpus=d.corpus, emotions=d.emotions)
+    plan = plan_run(corpus, cfg=gossip, test_speakers=test, seed=seed, run_id=d.run)
     needed = plan.needed_by(pid)
     console.print(f"run {plan.run_id}: {gossip.algorithm}, {len(plan.peer_paths)} peers, "
                   f"{gossip.rounds} rounds, {net.transport}; loading "
                   f"{len(plan.needed_by(pid)) - len(plan.test_paths)} own and "
                   f"{len(plan.test_paths)} evaluation utterances")
-    ds = load_dataset(root, corpus=corpus.name, emotions=d.get("emotions"), features=features,
-                      cache_dir=Path(d["cache_dir"]) if d.get("cache_dir") else None,
+    ds = load_dataset(root, corpus=corpus.name, emotions=d.emotions, features=features,
+                      cache_dir=Path(d.cache_dir) if d.cache_dir else None,
                       keep=lambda u: str(u.path) in needed)
     if ds.failed_summary():
         console.print(f"[yellow]warning:[/] {ds.failed_summary()}")

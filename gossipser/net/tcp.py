@@ -1,0 +1,170 @@
+"""TCP transport: length-prefixed frames over asyncio streams, one listening server per node
+and one cached outgoing connection per destination, re-opened with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Self
+
+from gossipser.errors import TransportError, WireError
+from gossipser.gossip import wire
+from gossipser.net.transport import (
+    Inbox,
+    TransportConfig,
+    TransportStats,
+    check_size,
+    count_sent,
+    deadline,
+)
+from gossipser.net.transport import describe_error as _describe
+
+_CLOSE_TIMEOUT = 1.0  # seconds a closing stream may take to flush before it is aborted
+
+
+class TcpTransport:
+    """Length-prefixed frames over asyncio streams: one server per node, one cached
+    outgoing connection per destination, re-opened with exponential backoff."""
+
+    def __init__(self, cfg: TransportConfig) -> None:
+        self.cfg = cfg
+        self.stats = TransportStats()
+        self._inbox = Inbox(cfg.inbox_size)
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._ever_connected: set[int] = set()
+
+    async def __aenter__(self) -> Self:
+        host, port = self.cfg.addresses[self.cfg.node]
+        try:
+            self._server = await asyncio.start_server(self._accept, host, port)
+        except OSError as exc:
+            raise TransportError(
+                f"tcp: node {self.cfg.node} cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._inbox.close()
+        if self._server is not None:
+            self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        # wait() rather than gather(): our own cancellation must not be swallowed.
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=2 * _CLOSE_TIMEOUT)
+        for dest in list(self._conns):
+            await _close_writer(self._conns.pop(dest)[1])
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await self._server.wait_closed()
+
+    async def send(self, dest: int, frame: bytes) -> None:
+        host, port = self._address(dest)
+        check_size(self.cfg, self.stats, dest, frame)
+        header = len(frame).to_bytes(4, "big")  # the prefix of wire.frame_length_prefix, no copy
+        errors: list[BaseException] = []
+
+        def what() -> str:
+            last = f" (last error: {_describe(errors[-1])})" if errors else ""
+            return f"tcp: cannot deliver to node {dest} at {host}:{port}{last}"
+
+        lock = self._locks.setdefault(dest, asyncio.Lock())  # frames must not interleave
+        try:
+            async with deadline(self.cfg.send_timeout, what), lock:
+                delay = self.cfg.backoff_initial
+                while True:
+                    try:
+                        writer = await self._writer(dest, host, port)
+                        try:
+                            writer.writelines((header, frame))
+                            await writer.drain()
+                        except BaseException:  # failed or timed out mid-frame: out of step
+                            _abort(self._conns.pop(dest, None))
+                            raise
+                        break
+                    except OSError as exc:
+                        errors.append(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, self.cfg.backoff_max)
+        except TransportError:
+            self.stats.send_failures += 1
+            raise
+        count_sent(self.stats, frame)
+
+    def incoming(self) -> AsyncIterator[bytes]:
+        return self._inbox
+
+    async def peers_online(self) -> set[int]:
+        live = {dest for dest, (r, w) in self._conns.items() if _alive(r, w)}
+        return live | {self.cfg.node}
+
+    def _address(self, dest: int) -> tuple[str, int]:
+        try:
+            return self.cfg.addresses[dest]
+        except KeyError:
+            self.stats.send_failures += 1
+            raise TransportError(f"tcp: node {dest} has no address in the config") from None
+
+    async def _writer(self, dest: int, host: str, port: int) -> asyncio.StreamWriter:
+        conn = self._conns.get(dest)
+        if conn is not None and _alive(*conn):
+            return conn[1]
+        if conn is not None:  # the peer closed it (restart, crash): reopen
+            await _close_writer(self._conns.pop(dest)[1])
+        async with asyncio.timeout(self.cfg.connect_timeout):  # TimeoutError is an OSError
+            reader, writer = await asyncio.open_connection(host, port)
+        self._conns[dest] = (reader, writer)
+        if dest in self._ever_connected:
+            self.stats.reconnects += 1
+        self._ever_connected.add(dest)
+        return writer
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Our own task rather than a coroutine callback: Python 3.11's start_server logs a
+        # spurious "Unhandled exception" when it sees its handler task cancelled.
+        task = asyncio.create_task(self._serve(reader, writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One inbound connection: read frames until EOF; bad framing closes only it."""
+        try:
+            while True:
+                frame = await wire.read_frame(reader, self.cfg.max_frame)
+                self.stats.frames_received += 1
+                self.stats.bytes_received += len(frame)
+                await self._inbox.put(frame)  # a full inbox stops reading: TCP backpressure
+        except WireError:  # declared length over max_frame (or garbage read as a length)
+            self.stats.oversized_dropped += 1
+        except TransportError as exc:  # EOF or reset; count it when it cut a frame short
+            cut = exc.__cause__
+            if isinstance(cut, asyncio.IncompleteReadError) and (cut.partial or cut.expected != 4):
+                self.stats.truncated_dropped += 1
+        finally:
+            await _close_writer(writer)
+
+
+def _alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    # The peer never writes on our outgoing connections, so EOF there means it went away.
+    return not (reader.at_eof() or writer.is_closing())
+
+
+def _abort(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
+    if conn is not None:
+        conn[1].transport.abort()
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close, wait a bounded time for the flush, abort if the peer does not read."""
+    writer.close()
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await writer.wait_closed()
+    except (TimeoutError, OSError):
+        writer.transport.abort()
