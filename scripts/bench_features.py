@@ -87,7 +87,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
         if root is None:
-            from gossipser.data.synth import SynthConfig, write_corpus
+            from gossipser.data.synth import SynthConfig
+            from gossipser.data.synth_corpus import write_corpus
 
             root = Path(tmp) / "synth"
             t, n = timed(lambda: write_corpus(root, SynthConfig()))

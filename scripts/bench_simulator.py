@@ -24,7 +24,8 @@ import torch
 
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.data.features import default_cache_dir
-from gossipser.data.synth import SynthConfig, write_corpus
+from gossipser.data.synth import SynthConfig
+from gossipser.data.synth_corpus import write_corpus
 from gossipser.gossip.events import RoundFinished, RunStarted
 from gossipser.gossip.mixing import copy_params
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run

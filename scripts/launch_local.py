@@ -82,7 +82,8 @@ def read_config(path: Path | str) -> dict[str, dict]:
 
 def synthetic_corpus(root: Path, speakers: int) -> Path:
     """A small synthetic corpus (`speakers` speakers, 4 emotions), written once per size."""
-    from gossipser.data.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
 
     cfg = SynthConfig(speakers=speakers, per_emotion=PER_EMOTION, emotions=EMOTIONS)
     stamp = root / ".complete"

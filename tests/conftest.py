@@ -24,7 +24,8 @@ TINY_EMOTIONS = ("neutral", "happy", "sad", "angry")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic corpus (`<emotion>/spkNN_uNNN.wav`, speakers spk01..spk04), shared
     read-only by the whole session: copy it before changing anything in it."""
-    from gossipser.data.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     write_corpus(root, SynthConfig(speakers=4, per_emotion=3, emotions=TINY_EMOTIONS))

@@ -33,9 +33,9 @@ def test_every_module_registers_one_algorithm_and_every_name_has_a_module():
         assert cls.synchronous == (cls.buffered_kind is not None), name
 
 
-def test_the_six_families_keep_their_names():
+def test_the_families_keep_their_names():
     assert set(ALGORITHMS) == {"dpsgd", "pairwise", "gossip-learning", "push-sum", "local",
-                               "fedavg"}
+                               "fedavg", "gradient-tracking"}
 
 
 def test_unknown_name_and_double_registration_are_refused():

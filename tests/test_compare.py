@@ -44,7 +44,8 @@ def compare() -> Iterator[ModuleType]:
 @pytest.fixture(scope="module")
 def result(compare: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUT of one tiny comparison run (with --faults, so two panels and +faults methods)."""
-    from gossipser.data.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
 
     root = tmp_path_factory.mktemp("compare")
     write_corpus(root / "corpus", SynthConfig(speakers=6, per_emotion=2, emotions=EMOTIONS))

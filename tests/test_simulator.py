@@ -46,7 +46,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="session")
 def sim_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gossipser.data.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
 
     root = tmp_path_factory.mktemp("sim_corpus")
     write_corpus(root, SynthConfig(speakers=6, per_emotion=3, emotions=EMOTIONS))

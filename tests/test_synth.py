@@ -11,13 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from gossipser.data.synth import (
-    EMOTIONS,
-    SynthConfig,
-    make_speaker,
-    synthesize_utterance,
-    write_corpus,
-)
+from gossipser.data.synth import EMOTIONS, SynthConfig, make_speaker, synthesize_utterance
+from gossipser.data.synth_corpus import write_corpus
 from gossipser.errors import ConfigError, CorpusError
 
 SR = 16000
@@ -211,3 +206,39 @@ def test_unwritable_output_raises_corpus_error(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(CorpusError, match="cannot create"):
         write_corpus(blocker, cfg)
+
+
+def test_uneven_shards_span_the_range_with_unbalanced_classes():
+    from gossipser.data.synth_corpus import utterance_counts
+
+    cfg = SynthConfig(speakers=12, per_speaker=(2, 80), seed=4)
+    counts = utterance_counts(cfg)
+    sizes = counts.sum(axis=1)
+    assert counts.shape == (12, len(cfg.emotions))
+    assert sizes.min() == 2 and sizes.max() == 80  # 40x between the smallest and largest
+    assert len(set(sizes.tolist())) >= 10  # spread over the range, not two sizes
+    big = counts[sizes.argmax()]
+    assert big.max() >= 2 * max(1, np.median(big))  # one speaker's classes are unbalanced
+    assert (utterance_counts(cfg) == counts).all()  # seeded
+    assert not (utterance_counts(SynthConfig(speakers=12, per_speaker=(2, 80), seed=5))
+                == counts).all()
+    assert (utterance_counts(SynthConfig(speakers=3, per_emotion=4)) == 4).all()
+
+
+def test_uneven_corpus_on_disk_matches_the_counts(tmp_path):
+    from gossipser.data.synth_corpus import utterance_counts
+
+    cfg = SynthConfig(speakers=4, per_speaker=(2, 9), duration_s=0.5,
+                      emotions=("neutral", "sad", "angry"))
+    n = write_corpus(tmp_path, cfg)
+    counts = utterance_counts(cfg)
+    assert n == counts.sum() == len(list(tmp_path.rglob("*.wav")))
+    for s in range(4):
+        on_disk = len(list(tmp_path.glob(f"*/spk{s + 1:02d}_u*.wav")))
+        assert on_disk == counts[s].sum()
+
+
+@pytest.mark.parametrize("bad", [(0, 5), (9, 3)])
+def test_uneven_range_must_be_ordered_and_positive(bad):
+    with pytest.raises(ConfigError, match="utterances per speaker"):
+        SynthConfig(per_speaker=bad)

@@ -26,7 +26,8 @@ SYNTH_DEFAULT = {"speakers": 10, "per_emotion": 10, "seed": 0}
 
 def synthetic_corpus(cache_dir: Path | None, console) -> Path:
     """The default corpus: generated once into the cache, then reused."""
-    from gossipser.data.synth import SYNTH_VERSION, SynthConfig, write_corpus
+    from gossipser.data.synth import SYNTH_VERSION, SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
 
     cfg = SynthConfig(**SYNTH_DEFAULT)
     root = (Path(cache_dir) if cache_dir else default_cache_dir()) / (
@@ -86,12 +87,21 @@ def resolve_test_speakers(flag: str | None, doc: dict, ds: Dataset) -> tuple[str
 
 
 def cmd_synth(args: Any) -> int:
-    from gossipser.data.synth import SynthConfig, write_corpus
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
 
     console = make_console()
     emotions = parse_emotions(args.emotions) if args.emotions else None
+    per_speaker = None
+    if args.utterances_per_speaker:
+        try:
+            lo, hi = (int(v) for v in args.utterances_per_speaker.split(":"))
+        except ValueError:
+            raise ConfigError(f"--utterances-per-speaker takes LO:HI, e.g. 2:80; got "
+                              f"{args.utterances_per_speaker!r}") from None
+        per_speaker = (lo, hi)
     cfg = SynthConfig(speakers=args.speakers, per_emotion=args.per_emotion, seed=args.seed,
-                      **({"emotions": emotions} if emotions else {}))
+                      per_speaker=per_speaker, **({"emotions": emotions} if emotions else {}))
     t0 = time.perf_counter()
     with progress(console, "synthesising", 1, every=200) as update:
         n = write_corpus(Path(args.out), cfg, progress=update)
@@ -134,7 +144,8 @@ def cmd_train(args: Any) -> int:
             )
         rows.append((label, res.scores))
         folds.append({"test_speakers": list(test), **res.scores.to_dict(),
-                      "final_loss": res.losses[-1] if res.losses else None})
+                      "final_loss": res.losses[-1] if res.losses else None,
+                      "optimizer_steps": res.steps, "samples_processed": res.samples})
         save_model(out if len(test_sets) == 1 else out / f"fold{k + 1}", res.model,
                    classes=ds.classes, features=features, config=model_cfg,
                    extra={"test_speakers": list(test), "corpus": ds.corpus.name})
@@ -146,6 +157,9 @@ def cmd_train(args: Any) -> int:
         "model": model_cfg.kind, "parameters": n_params, "seed": args.seed,
         **mean, "classes": list(ds.classes), "confusion": total.confusion.tolist(),
         "folds": folds, "wall_s": round(time.perf_counter() - t0, 2),
+        # what training spent, per fold (mean): comparable with simulate's totals
+        "optimizer_steps": int(np.mean([f["optimizer_steps"] for f in folds])),
+        "samples_processed": int(np.mean([f["samples_processed"] for f in folds])),
         "features": features.to_dict(), "model_config": model_cfg.to_dict(),
         "train_config": train_cfg.to_dict(), "skipped_files": len(ds.failed),
     }

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gossipser.errors import GossipserError
+from gossipser.gossip.algorithms import ALGORITHMS
 from gossipser.ui.report import error_line
 
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--speakers", type=int, default=8)
     p.add_argument("--per-emotion", type=int, default=10)
+    p.add_argument("--utterances-per-speaker", metavar="LO:HI",
+                   help="uneven shards instead of --per-emotion: speaker sizes spread over "
+                        "LO..HI utterances, classes unbalanced per speaker (e.g. 2:80)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--emotions", help="subset of the 8 RAVDESS emotions (default all)")
 
@@ -74,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("gossip")
     g.add_argument("--topology", help="ring, torus, regular:4, smallworld:4:0.2, er:0.2, "
                    "complete, star, hypercube, expo, or a file (default ring)")
-    g.add_argument("--algorithm", help="dpsgd, pairwise, gossip-learning, push-sum, local, "
-                   "fedavg (default dpsgd)")
+    g.add_argument("--algorithm", help=f"{', '.join(ALGORITHMS)} (default dpsgd)")
     g.add_argument("--rounds", type=int, help="rounds (default 30)")
     g.add_argument("--local-epochs", type=float, help="local epochs per round (default 1)")
     g.add_argument("--peers", type=int, help="peers (default: one per training speaker)")

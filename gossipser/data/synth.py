@@ -6,17 +6,14 @@ Layout: ``OUT/<emotion>/<speaker>_u<index>.wav``, 16-bit PCM mono. Each utteranc
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.fft import irfft, rfft
 
 from gossipser.config import check_types
-from gossipser.errors import ConfigError, CorpusError
+from gossipser.errors import ConfigError
 
 # Bumped whenever the synthesis changes, so cached corpora are regenerated.
 SYNTH_VERSION = 1
@@ -73,16 +70,23 @@ _Z = np.exp(-1j * np.pi * np.arange(_NFFT // 2 + 1) / (_NFFT // 2))  # z^-1 on t
 _HALF_SINE = np.sin(np.pi * np.linspace(0.0, 1.0, 1025))
 _REF_DBFS = -26.0  # RMS of neutral speech
 # Separate seed streams so a speaker draw never replays an utterance draw.
-_SPEAKER_STREAM, _UTTERANCE_STREAM, _SENTENCE_STREAM = 1, 2, 3
+_SPEAKER_STREAM, UTTERANCE_STREAM, _SENTENCE_STREAM, COUNT_STREAM = 1, 2, 3, 4
 _SENTENCES = 2
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """How many speakers, utterances per (speaker, emotion), and the audio format."""
+    """How many speakers, utterances per (speaker, emotion), and the audio format.
+
+    `per_speaker = (lo, hi)` makes shards as uneven as real recordings instead: speaker sizes
+    spread log-uniformly over lo..hi utterances (the smallest and the largest always present,
+    in a seeded order), and each speaker's emotions drawn from its own Dirichlet(0.7) mix, so
+    classes are unbalanced per speaker. `per_emotion` is then unused.
+    """
 
     speakers: int = 8
     per_emotion: int = 10
+    per_speaker: tuple[int, int] | None = None
     seed: int = 0
     sample_rate: int = 16000
     duration_s: float = 3.0
@@ -93,6 +97,12 @@ class SynthConfig:
         object.__setattr__(self, "emotions", tuple(self.emotions))
         if self.speakers < 1 or self.per_emotion < 1:
             raise ConfigError("synth: speakers and per_emotion must be at least 1")
+        if self.per_speaker is not None:
+            lo, hi = self.per_speaker
+            if not 1 <= lo <= hi <= 10_000:
+                raise ConfigError(f"synth: utterances per speaker must be 1 <= LO <= HI <= "
+                                  f"10000, got {lo}:{hi}")
+            object.__setattr__(self, "per_speaker", (int(lo), int(hi)))
         if self.seed < 0:
             raise ConfigError(f"synth: seed must be non-negative, got {self.seed}")
         if not 8000 <= self.sample_rate <= 48000:
@@ -347,34 +357,3 @@ def synthesize_utterance(
     # Room/mic hiss: uniform noise (RMS is 1/sqrt(12), hence the +10.8 dB) at the speaker's floor.
     out += (rng.random(len(out)) - 0.5) * 10.0 ** ((speaker.noise_dbfs + 10.8) / 20.0)
     return np.tanh(out).astype(np.float32)  # soft limiter, as a loud take would saturate
-
-
-def write_corpus(
-    out_dir: Path, cfg: SynthConfig, progress: Callable[[int, int], None] | None = None
-) -> int:
-    """Write the corpus under ``out_dir``; returns the number of files written."""
-    out_dir = Path(out_dir)
-    total = cfg.speakers * len(cfg.emotions) * cfg.per_emotion
-    speakers = [make_speaker(i, seed=cfg.seed) for i in range(1, cfg.speakers + 1)]
-    done = 0
-    for emotion in cfg.emotions:
-        folder = out_dir / emotion
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CorpusError(f"synth: cannot create {folder}: {exc.strerror}") from exc
-        for s, speaker in enumerate(speakers, start=1):
-            for i in range(cfg.per_emotion):
-                rng = np.random.default_rng(
-                    [cfg.seed, _UTTERANCE_STREAM, s, EMOTIONS.index(emotion), i]
-                )
-                audio = synthesize_utterance(speaker=speaker, emotion=emotion, rng=rng, cfg=cfg)
-                path = folder / f"{speaker.name}_u{i:03d}.wav"
-                try:
-                    sf.write(path, audio, cfg.sample_rate, subtype="PCM_16", format="WAV")
-                except (OSError, sf.LibsndfileError) as exc:
-                    raise CorpusError(f"synth: cannot write {path}: {exc}") from exc
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    return done

@@ -64,8 +64,9 @@ class Peer:
         return self.strategy.train_from(self)
 
     def trained(self, params: Params, steps: int) -> None:
-        self.params = params
+        before, self.params = self.params, params
         self.age += steps
+        self.strategy.after_training(self, before)
 
     # helpers for strategies ----------------------------------------------------------------
     def random_neighbour(self) -> int | None:

@@ -122,6 +122,10 @@ class RunSetup:
             rng=np.random.default_rng([self.seed, 7, pid]),
         )
 
+    def message_params(self) -> Params:
+        """The parameter names, shapes and dtypes one model message of this run carries."""
+        return algorithm_class(self.cfg.algorithm)().message_params(self.init)
+
     def make_server(self) -> FedAvgServer:
         return FedAvgServer(clients=range(self.n_peers), params=self.init, run=self.run_id,
                             fraction=self.cfg.fraction, rng=np.random.default_rng([self.seed, 8]))

@@ -23,6 +23,8 @@ class BaselineResult:
     scores: Scores
     losses: list[float]
     history: list[tuple[int, Scores]] = field(default_factory=list)  # (epoch, test scores)
+    steps: int = 0  # optimiser steps
+    samples: int = 0  # examples the optimiser saw
 
 
 def train_centralized(
@@ -49,4 +51,5 @@ def train_centralized(
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
     scores = evaluate(model, x_test, y_test, len(ds.classes))
-    return BaselineResult(model=model, scores=scores, losses=losses, history=history)
+    return BaselineResult(model=model, scores=scores, losses=losses, history=history,
+                          steps=trainer.steps_done, samples=trainer.samples_done)

@@ -58,6 +58,7 @@ class TrainResult:
     params: Params
     loss: float
     steps: int
+    samples: int = 0  # examples the optimiser saw in these steps
 
 
 class _Trainers:
@@ -79,8 +80,10 @@ class _Trainers:
     def train(self, job: TrainJob) -> TrainResult:
         t = self.trainers[job.peer]
         set_state(t.model, job.params)
+        before = t.samples_done
         loss = t.train_steps(job.steps)
-        return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps)
+        return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps,
+                           samples=t.samples_done - before)
 
     def evaluate(self, params: Params) -> Scores:
         set_state(self.eval_model, params)

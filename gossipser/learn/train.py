@@ -66,6 +66,7 @@ class LocalTrainer:
                   if cfg.class_balanced and len(y) else None)
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.steps_done = 0
+        self.samples_done = 0  # examples seen by the optimiser (steps x batch, summed)
 
     @property
     def n_samples(self) -> int:
@@ -104,6 +105,7 @@ class LocalTrainer:
             self.optimizer.step()
             total += float(loss.detach())
             count += 1
+            self.samples_done += len(idx)
         self.steps_done += count
         return total / max(count, 1)
 

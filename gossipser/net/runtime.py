@@ -43,7 +43,7 @@ async def _connected(
     """An open transport whose frames a `NetNode` receives in the background until exit."""
     async with open_transport(transport_config(setup, net, node_id), hub=hub) as transport:
         node = NetNode(node=node_id, transport=transport, secret=secret, run=setup.run_id,
-                       spec=ModelSpec.from_params(setup.init), allowed=allowed,
+                       spec=ModelSpec.from_params(setup.message_params()), allowed=allowed,
                        on_message=on_message)
         receiver = asyncio.create_task(node.receive_loop())
         try:

@@ -73,6 +73,8 @@ class Simulator:
         self.messages_dropped = 0
         self._sizes: dict[tuple, int] = {}
         self.rows: list[dict] = []
+        self.steps_done = 0  # optimiser steps over all peers
+        self.samples_done = 0  # examples seen by the peers' optimisers
 
     def _emit(self, event) -> None:
         for listener in self.listeners:
@@ -123,6 +125,8 @@ class Simulator:
         for res in self.pool.train([j for j in jobs if j.steps > 0]):
             self.peers[res.peer].trained(res.params, res.steps)
             losses[res.peer] = res.loss
+            self.steps_done += res.steps
+            self.samples_done += res.samples
         for i in self.rng.permutation(training):
             self._deliver(int(i), self.peers[int(i)].outgoing(), online)
         for i in sorted(online):
@@ -192,6 +196,7 @@ class Simulator:
             "bytes_sent_max_node": int(max(self.bytes_sent.values())),
             "bytes_sent_server": int(self.bytes_sent.get(SERVER_ID, 0)),
             "messages_sent": self.messages_sent, "messages_dropped": self.messages_dropped,
+            "optimizer_steps": self.steps_done, "samples_processed": self.samples_done,
             "final": {
                 "ua_mean": last["ua_mean"], "ua_min": last["ua_min"], "ua_max": last["ua_max"],
                 "wa_mean": last["wa_mean"], "macro_f1_mean": last["macro_f1_mean"],

@@ -35,7 +35,7 @@ class Method:
 
     @property
     def is_gossip(self) -> bool:
-        return self.algorithm in ("dpsgd", "gossip-learning")
+        return self.algorithm in ("dpsgd", "gossip-learning", "gradient-tracking")
 
     @property
     def deployed(self) -> str:
@@ -56,6 +56,7 @@ BASE = (
     Method("dpsgd-regular4", "dpsgd", "regular:4"),
     Method("dpsgd-complete", "dpsgd", "complete"),
     Method("gossip-learning", "gossip-learning", "regular:4"),
+    Method("tracking-regular4", "gradient-tracking", "regular:4"),
 )
 CATALOG = {m.name: m for m in BASE + tuple(
     dataclasses.replace(m, name=f"{m.name}+faults", faults=True) for m in BASE if m.is_gossip)}

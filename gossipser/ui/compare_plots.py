@@ -16,12 +16,14 @@ from matplotlib.ticker import MaxNLocator
 from gossipser.ui.compare import CATALOG, FAULTS, TARGET, Method, Run
 
 MARKERS = {"local": "x", "fedavg": "s", "dpsgd-ring": "o", "dpsgd-torus": "v",
-           "dpsgd-regular4": "^", "dpsgd-complete": "D", "gossip-learning": "P"}
+           "dpsgd-regular4": "^", "dpsgd-complete": "D", "gossip-learning": "P",
+           "tracking-regular4": "*"}
 GUIDES = ("chance", "raw audio")  # legend entries that are guides, not results
 # Okabe-Ito (colour-blind safe); a method with faults gets its base colour lightened
 COLOURS = {"centralized": "#000000", "local": "#8c8c8c", "fedavg": "#D55E00",
            "dpsgd-ring": "#0072B2", "dpsgd-torus": "#56B4E9", "dpsgd-regular4": "#009E73",
-           "dpsgd-complete": "#CC79A7", "gossip-learning": "#E69F00"}
+           "dpsgd-complete": "#CC79A7", "gossip-learning": "#E69F00",
+           "tracking-regular4": "#882255"}
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.3, "grid.linewidth": 0.6, "savefig.dpi": 200, "figure.dpi": 100}

@@ -47,6 +47,14 @@ class Algorithm:
         """Parameters local training should start from."""
         return peer.params
 
+    def after_training(self, peer: Peer, before: Params) -> None:
+        """Called when local training replaced `before` by `peer.params` this round."""
+
+    def message_params(self, params: Params) -> Params:
+        """What one of this algorithm's model messages carries, given a model state (the
+        networked node checks every frame against it)."""
+        return params
+
     def wants_training(self, peer: Peer) -> bool:
         """Whether the peer trains in the current round."""
         return True
