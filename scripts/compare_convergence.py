@@ -241,8 +241,9 @@ def merge_outputs(dirs: Sequence[str], out: Path, console) -> int:
     context["describe"] = context["describe"].rsplit("seeds", 1)[0] + (
         f"seeds {', '.join(map(str, seeds))}.")
     methods = [CATALOG[m] for m in context["methods"] if m in runs]
-    base = GossipConfig(rounds=context["rounds"],
-                        local_epochs=context["central_epochs"] / context["rounds"])
+    local = (context["local_epochs"] if "local_epochs" in context  # None: auto local steps
+             else context["central_epochs"] / context["rounds"])
+    base = GossipConfig(rounds=context["rounds"], local_epochs=local)
     write_outputs(out, methods=methods, runs=runs, skipped=skipped, context=context, base=base,
                   console=console)
     console.print(f"merged {len(dirs)} runs ({sum(map(len, runs.values()))} runs, seeds "
@@ -265,12 +266,15 @@ def run_all(args: argparse.Namespace, console) -> int:
         return merge_outputs(args.merge, Path(args.out), console)
     doc = read_toml(args.config)
     features, model_cfg, train_cfg = run_configs(args, doc)
-    base = gossip_config(args, doc)
+    # every method runs all its rounds, so that the curves line up
+    base = dataclasses.replace(gossip_config(args, doc), patience=0)
     methods = select_methods(args.methods, args.faults)
     ds = load_data(args, doc, features, console)
     test = resolve_test_speakers(args.test_speakers, doc, ds)
-    # the centralized model sees the training set as often as the peers do in total
-    central_epochs = max(1, round(base.rounds * base.local_epochs))
+    # the centralized model takes as many optimiser steps as each peer does in total (the
+    # default local work is matched to train.epochs), or sees the training set as often
+    central_epochs = (train_cfg.epochs if base.local_epochs is None
+                      else max(1, round(base.rounds * base.local_epochs)))
     split = setup_run(ds, cfg=dataclasses.replace(base, algorithm="local", topology="complete"),
                       model=model_cfg, train=train_cfg, test_speakers=test,
                       seed=args.seed_list[0])
@@ -282,13 +286,18 @@ def run_all(args: argparse.Namespace, console) -> int:
         "peers": split.n_peers, "rounds": base.rounds, "central_epochs": central_epochs,
         "seeds": ",".join(map(str, args.seed_list)), "n_seeds": len(args.seed_list),
         "train_files": len(split.train_idx), "raw_mb": raw_bytes / 1e6,
-        "methods": [m.name for m in methods],
+        "methods": [m.name for m in methods], "local_steps": split.auto_local_steps,
+        "local_epochs": base.local_epochs,
         "describe": (
             f"{ds.corpus.name} at {ds.corpus.root}: {len(split.train_idx)} training utterances "
             f"on {split.n_peers} peers (partition {base.partition}), {len(split.test_idx)} test "
             f"utterances from speakers {', '.join(test)}; {len(ds.classes)} classes. Model "
             f"{model_cfg.kind} (width {model_cfg.width}, {n_params:,} parameters), "
-            f"{base.rounds} rounds of {base.local_epochs:g} local epoch(s), evaluated every "
+            f"{base.rounds} rounds of "
+            + (f"{base.local_epochs:g} local epoch(s)" if base.local_epochs is not None
+               else f"{split.auto_local_steps} local steps (matched to {central_epochs} "
+                    "centralized epochs)")
+            + ", evaluated every "
             f"{base.eval_every} round(s), batch {train_cfg.batch_size}, lr {train_cfg.lr}; "
             f"seeds {', '.join(map(str, args.seed_list))}."),
     }

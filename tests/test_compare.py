@@ -54,7 +54,8 @@ def result(compare: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = root / "out"
     rc = compare.main([
         "--data", str(root / "corpus"), "--cache-dir", str(root / "cache"), "--out", str(out),
-        "--config", str(config), "--rounds", "2", "--seeds", "0,1", "--workers", "1",
+        "--config", str(config), "--rounds", "2", "--local-epochs", "1", "--seeds", "0,1",
+        "--workers", "1",
         "--methods", ",".join(METHODS), "--faults",
     ])
     assert rc == 0

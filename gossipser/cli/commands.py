@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,13 @@ from gossipser.cli.options import data_config, run_configs
 from gossipser.config import read_toml
 from gossipser.data.corpora import parse_emotions
 from gossipser.data.dataset import Dataset, load_dataset, speaker_folds, split_by_speakers
-from gossipser.data.features import FeatureConfig, add_deltas, default_cache_dir, model_inputs
+from gossipser.data.features import (
+    FeatureConfig,
+    add_deltas,
+    default_cache_dir,
+    model_inputs,
+    normalize_group,
+)
 from gossipser.errors import ConfigError, CorpusError
 from gossipser.learn.metrics import Scores, scores_from_confusion
 from gossipser.ui.report import confusion_table, make_console, progress, scores_table
@@ -199,9 +206,18 @@ def cmd_predict(args: Any) -> int:
             continue
         with torch.inference_mode():
             frames = add_deltas(extractor([sig])[0], cfg.deltas)
-        probs = predict_proba(saved.model, model_inputs([frames], cfg, saved.config.view))[0]
-        results.append({
-            "file": f, "emotion": saved.classes[int(probs.argmax())],
+        results.append({"file": f, "frames": frames})
+    good = [r for r in results if "frames" in r]
+    frames = [r.pop("frames") for r in good]
+    if cfg.cmvn and cfg.cmvn_scope == "speaker":
+        # the model was trained on speaker-normalised features: the files given are taken to
+        # be one speaker's recordings (the device's owner), normalised by their statistics
+        frames, cfg = normalize_group(frames), dataclasses.replace(cfg, cmvn=False)
+    if good:
+        probs_all = predict_proba(saved.model, model_inputs(frames, cfg, saved.config.view))
+    for r, probs in zip(good, probs_all if good else [], strict=True):
+        r.update({
+            "emotion": saved.classes[int(probs.argmax())],
             "probabilities": {c: round(float(p), 4) for c, p in zip(saved.classes, probs,
                                                                     strict=True)},
         })

@@ -24,6 +24,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frame-ms", type=float, help="frame length in ms (default 20)")
     g.add_argument("--hop-ms", type=float, help="frame step in ms (default 20)")
     g.add_argument("--max-frames", type=int, help="fixed length for CNN/LSTM (default 150)")
+    g.add_argument("--cmvn-scope", choices=("utterance", "speaker"),
+                   help="normalise MFCCs per utterance or by each speaker's own statistics")
     g.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default ~/.cache/gossipser or $GOSSIPSER_CACHE)")
 

@@ -38,6 +38,7 @@ def run_configs(args: Any, doc: dict[str, dict[str, Any]]):
     features = build(FeatureConfig, doc.get("features", {}), {
         "n_mfcc": a.get("n_mfcc"), "deltas": a.get("deltas"), "frame_ms": a.get("frame_ms"),
         "hop_ms": a.get("hop_ms"), "max_frames": a.get("max_frames"),
+        "cmvn_scope": a.get("cmvn_scope"),
     }, "features")
     model = build(ModelConfig, doc.get("model", {}), {
         "kind": a.get("model"), "width": a.get("width"), "dropout": a.get("dropout"),

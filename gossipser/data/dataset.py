@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from gossipser.data.corpora import Corpus, Utterance, load_corpus, normalize_speaker_ids
-from gossipser.data.features import FeatureConfig, Progress, load_or_extract, model_inputs
+from gossipser.data.features import (
+    FeatureConfig,
+    Progress,
+    load_or_extract,
+    model_inputs,
+    normalize_group,
+)
 from gossipser.errors import ConfigError, CorpusError
 
 
@@ -25,6 +32,7 @@ class Dataset:
     paths: list[str]
     failed: list[tuple[str, str]]
     from_cache: bool
+    _by_speaker: list[np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -35,7 +43,24 @@ class Dataset:
 
     def inputs(self, view: str, index: np.ndarray | None = None) -> np.ndarray:
         idx = np.arange(len(self)) if index is None else index
+        if self.cfg.cmvn and self.cfg.cmvn_scope == "speaker":
+            frames = self._speaker_normalized()
+            cfg = dataclasses.replace(self.cfg, cmvn=False)
+            return model_inputs([frames[i] for i in idx], cfg, view)
         return model_inputs([self.frames[i] for i in idx], self.cfg, view)
+
+    def _speaker_normalized(self) -> list[np.ndarray]:
+        """Every utterance normalised by its speaker's statistics over the utterances this
+        dataset holds of that speaker (computed once)."""
+        if self._by_speaker is None:
+            out: list[np.ndarray] = [np.empty(0)] * len(self)
+            for spk in set(self.speakers.tolist()):
+                idx = np.flatnonzero(self.speakers == spk)
+                for i, f in zip(idx, normalize_group([self.frames[i] for i in idx]),
+                                strict=True):
+                    out[i] = f
+            self._by_speaker = out
+        return self._by_speaker
 
     def speaker_ids(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.speakers.tolist()), key=_natural))

@@ -42,7 +42,11 @@ class FeatureConfig:
     top_db: float = 80.0  # floor of the log-mel spectrogram below its maximum (librosa default)
     trim_db: float | None = 40.0  # trim leading/trailing silence this far below the peak
     deltas: int = 0  # 0: none, 1: +delta, 2: +delta+delta-delta
-    cmvn: bool = True  # per-utterance mean/variance normalisation of sequences
+    cmvn: bool = True  # mean/variance normalisation of the frames (scope below)
+    # "utterance": each utterance by itself; "speaker": by the statistics of all of that
+    # speaker's utterances (on a device: its owner's), which keeps how an utterance differs
+    # from the speaker's usual voice (energy, tilt), the cue the per-utterance scope erases
+    cmvn_scope: str = "utterance"
     max_frames: int = 150  # fixed length for CNN/LSTM (crop centre / pad end); 150 = 3 s
 
     def __post_init__(self) -> None:
@@ -57,6 +61,8 @@ class FeatureConfig:
             (self.deltas in (0, 1, 2), "deltas must be 0, 1 or 2"),
             (self.max_frames >= 8, "max_frames must be >= 8"),
             (self.top_db > 0, "top_db must be > 0"),
+            (self.cmvn_scope in ("utterance", "speaker"), "cmvn_scope must be utterance or "
+             "speaker"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -227,7 +233,9 @@ def default_cache_dir() -> Path:
 
 def cache_key(paths: Sequence[Path], cfg: FeatureConfig) -> str:
     """Hash of the feature config and each file's path, size and mtime."""
-    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    # normalisation is applied after the cache: its settings do not change the frames
+    extraction = {k: v for k, v in cfg.to_dict().items() if k != "cmvn_scope"}
+    h = hashlib.sha256(json.dumps(extraction, sort_keys=True).encode())
     for p in paths:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -294,6 +302,16 @@ def to_sequence(frames: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 def to_stats(frames: np.ndarray) -> np.ndarray:
     """(2 * dim,) utterance statistics for the DNN: mean and standard deviation over time."""
     return np.concatenate([frames.mean(axis=0), frames.std(axis=0)]).astype(np.float32)
+
+
+def normalize_group(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Mean/variance normalisation of several utterances of one speaker by their pooled
+    statistics (per coefficient, over every frame of every utterance)."""
+    if not frames:
+        return []
+    pooled = np.concatenate(frames, axis=0).astype(np.float64)
+    mean, std = pooled.mean(axis=0), pooled.std(axis=0) + 1e-5
+    return [((f - mean) / std).astype(np.float32) for f in frames]
 
 
 def model_inputs(frames: Sequence[np.ndarray], cfg: FeatureConfig, view: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 
 import networkx as nx
@@ -36,8 +37,11 @@ class GossipConfig:
     algorithm: str = "dpsgd"
     topology: str = "ring"  # a spec (ring, torus, regular:4, ...) or a file
     peers: int | None = None  # default: one per training speaker
-    rounds: int = 30
-    local_epochs: float = 1.0
+    rounds: int = 100  # at most; the simulator stops earlier on a plateau (see patience)
+    # local training per round; None: as many steps per round as make every peer take, over
+    # all rounds, the optimiser steps of centralized training on the pooled training set
+    # (train.epochs x training utterances / batch size), whatever its shard size
+    local_epochs: float | None = None
     mixing: str = "metropolis"
     partition: str = "speaker"
     drop: float = 0.0  # probability that a message is lost
@@ -47,6 +51,10 @@ class GossipConfig:
     eval_every: int = 1
     workers: int = 2  # simulator training processes
     init: str = "shared"  # shared: one initial model from the run seed; independent: per peer
+    # simulator: stop when, over the last `patience` rounds, the mean training loss fell by
+    # less than 1 % and the consensus distance by less than 5 % against the `patience` rounds
+    # before (0: always run every round). Networked peers always run `rounds`.
+    patience: int = 10
 
     def __post_init__(self) -> None:
         check_types(self, "gossip")
@@ -54,9 +62,11 @@ class GossipConfig:
         for name in ("drop", "churn", "stragglers"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"gossip {name} must be a probability in [0, 1)")
-        if self.rounds < 1 or self.eval_every < 1 or self.local_epochs < 0:
+        if self.rounds < 1 or self.eval_every < 1 or (self.local_epochs or 0) < 0:
             raise ConfigError("gossip: rounds >= 1, eval_every >= 1, local_epochs >= 0 "
                               "(0 switches training off)")
+        if self.patience < 0:
+            raise ConfigError("gossip: patience >= 0 (0 runs every round)")
         if self.init not in ("shared", "independent"):
             raise ConfigError("gossip init must be shared or independent")
         if self.peers is not None and self.peers < 2:
@@ -86,10 +96,29 @@ class RunSetup:
     init: Params
     seed: int
     run_id: str
+    n_train: int = 0  # training utterances of the whole run (every peer's, loaded or not)
 
     @property
     def n_peers(self) -> int:
         return len(self.parts)
+
+    @property
+    def auto_local_steps(self) -> int:
+        """Local steps per round that give each peer, over `rounds`, the optimiser steps of
+        centralized training: epochs x training utterances / batch size."""
+        t = self.train
+        if t.epochs == 0:
+            return 0
+        return max(1, math.ceil(t.epochs * self.n_train / (t.batch_size * self.cfg.rounds)))
+
+    def local_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of one peer's local training in one round."""
+        epochs = self.cfg.local_epochs
+        if epochs is None:
+            return self.auto_local_steps
+        if epochs == 0:
+            return 0
+        return max(1, int(round(epochs * steps_per_epoch)))
 
     def shard(self, pid: int) -> Shard:
         idx = self.parts[pid]
@@ -218,6 +247,7 @@ def setup_from_plan(
         train_idx=np.concatenate(parts) if parts else np.zeros(0, np.int64),
         test_idx=index(plan.test_paths), parts=parts, graph=plan.graph, mixing=plan.mixing,
         init=get_state(init_model), seed=plan.seed, run_id=plan.run_id,
+        n_train=sum(len(p) for p in plan.peer_paths),
     )
 
 

@@ -73,6 +73,8 @@ class Simulator:
         self.messages_dropped = 0
         self._sizes: dict[tuple, int] = {}
         self.rows: list[dict] = []
+        self._loss: list[float] = []  # mean training loss per round (plateau rule)
+        self._dist: list[float] = []  # consensus distance per round
         self.steps_done = 0  # optimiser steps over all peers
         self.samples_done = 0  # examples seen by the peers' optimisers
 
@@ -102,9 +104,9 @@ class Simulator:
                 queue.extend((dest, d, m) for d, m in self.peers[dest].receive(msg))
 
     def _steps(self, pid: int) -> int:
-        if self.cfg.local_epochs == 0:
+        steps = self.setup.local_steps(self.steps_per_epoch[pid])
+        if steps == 0:
             return 0
-        steps = max(1, int(round(self.cfg.local_epochs * self.steps_per_epoch[pid])))
         if self.cfg.stragglers > 0 and self.rng.random() < self.cfg.stragglers:
             steps = max(1, int(round(steps * self.rng.uniform(0.1, 0.5))))
         return steps
@@ -176,15 +178,42 @@ class Simulator:
         cfg = self.cfg
         self._emit(RunStarted(info={**self.setup.describe(), "workers": self.pool.workers}))
         t0 = time.perf_counter()
+        self.stopped = {"round": cfg.rounds, "reason": f"ran the {cfg.rounds} rounds planned"}
         for r in range(1, cfg.rounds + 1):
             online, losses = self.run_round(r)
-            evaluate = r % cfg.eval_every == 0 or r == cfg.rounds
-            row, statuses = self._row(r, online, losses, evaluate, t0)
+            plateau = self._plateau(losses, r)
+            last = r == cfg.rounds or plateau is not None
+            row, statuses = self._row(r, online, losses, r % cfg.eval_every == 0 or last, t0)
             self.rows.append(row)
             self._emit(RoundFinished(round=r, rounds=cfg.rounds, row=row, peers=statuses))
+            if plateau is not None:
+                self.stopped = {"round": r, "reason": plateau}
+                break
         summary = self.summary(time.perf_counter() - t0)
         self._emit(RunFinished(summary=summary))
         return summary
+
+    def _plateau(self, losses: dict[int, float], r: int) -> str | None:
+        """Why the run has reached its plateau (None: not yet): over the last `patience`
+        rounds against the `patience` before, the mean training loss fell by < 1 % and the
+        consensus distance by < 5 %."""
+        p = self.cfg.patience
+        if p == 0:
+            return None
+        trained = [v for v in losses.values() if not np.isnan(v)]
+        self._loss.append(float(np.mean(trained)) if trained else np.nan)
+        self._dist.append(consensus_distance_of([q.params for q in self.peers])[0])
+        if r < 2 * p:
+            return None
+        loss, dist = np.array(self._loss[-2 * p:]), np.array(self._dist[-2 * p:])
+        if np.isnan(loss).any():
+            return None
+        l0, l1, d0, d1 = loss[:p].mean(), loss[p:].mean(), dist[:p].mean(), dist[p:].mean()
+        if l1 > 0.99 * l0 and d1 > 0.95 * d0:
+            return (f"plateau: over rounds {r - p + 1}-{r} the mean training loss changed by "
+                    f"{100 * (l1 / l0 - 1):+.1f} % and the consensus distance by "
+                    f"{100 * (d1 / d0 - 1):+.1f} % against the {p} rounds before")
+        return None
 
     def summary(self, wall_s: float) -> dict:
         last = self.rows[-1]
@@ -197,6 +226,9 @@ class Simulator:
             "bytes_sent_server": int(self.bytes_sent.get(SERVER_ID, 0)),
             "messages_sent": self.messages_sent, "messages_dropped": self.messages_dropped,
             "optimizer_steps": self.steps_done, "samples_processed": self.samples_done,
+            "local_steps_per_round": self.setup.local_steps(
+                int(np.median(list(self.steps_per_epoch.values()) or [0]))),
+            "stopped": self.stopped,
             "final": {
                 "ua_mean": last["ua_mean"], "ua_min": last["ua_min"], "ua_max": last["ua_max"],
                 "wa_mean": last["wa_mean"], "macro_f1_mean": last["macro_f1_mean"],

@@ -237,9 +237,11 @@ def write_markdown(path: Path, *, summary: list[dict], context: dict, skipped: d
         f"- Centralized training sends no model, but it needs the raw audio on one machine: "
         f"uploading the {context['train_files']} training files would move "
         f"{context['raw_mb']:.1f} MB (their size on disk).",
-        f"- Centralized training runs {context['central_epochs']} epochs: the same number of "
-        f"passes over the training data as {cfg.rounds} rounds x {cfg.local_epochs:g} local "
-        "epochs on every peer.",
+        f"- Centralized training runs {context['central_epochs']} epochs: "
+        + (f"the same number of passes over the training data as {cfg.rounds} rounds x "
+           f"{cfg.local_epochs:g} local epochs on every peer." if cfg.local_epochs is not None
+           else f"each peer takes as many optimiser steps over {cfg.rounds} rounds "
+                f"({context.get('local_steps', '?')} a round) as it does."),
     ]
     if any(m.endswith("+faults") for m in context["methods"]):
         lines.append(f"- `+faults`: each message is lost with probability {FAULTS['drop']}, each "
