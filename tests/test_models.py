@@ -448,3 +448,19 @@ def test_load_model_refuses_weights_that_lack_a_parameter(tmp_path: Path) -> Non
     # Execute / Assert
     with pytest.raises(ConfigError, match="net.1.weight"):
         load_model(tmp_path)
+
+
+def test_groupnorm_cnn_has_no_running_statistics_and_trains_per_sample():
+    import torch
+
+    from gossipser.learn.models import ModelConfig, build_model, get_state
+
+    model = build_model(ModelConfig(kind="cnn", width=16, norm="group"), n_features=13,
+                        n_classes=4)
+    assert not any("running" in k for k in get_state(model))
+    x = torch.randn(3, 50, 13)
+    model.eval()
+    one = model(x[:1])
+    assert torch.allclose(model(x)[:1], one, atol=1e-5)  # a sample's output ignores the batch
+    assert build_model(ModelConfig(kind="cnn", width=16, norm="none"), n_features=13,
+                       n_classes=4)(x).shape == (3, 4)

@@ -35,6 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", choices=("dnn", "cnn", "lstm"), help="model family (default cnn)")
     g.add_argument("--width", type=int, help="model width (default 64)")
     g.add_argument("--dropout", type=float, help="dropout (default 0.3)")
+    g.add_argument("--norm", choices=("batch", "group", "none"),
+                   help="CNN normalisation layers (default batch)")
     g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--batch-size", type=int, help="batch size (default 32)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")

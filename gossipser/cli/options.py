@@ -42,6 +42,7 @@ def run_configs(args: Any, doc: dict[str, dict[str, Any]]):
     }, "features")
     model = build(ModelConfig, doc.get("model", {}), {
         "kind": a.get("model"), "width": a.get("width"), "dropout": a.get("dropout"),
+        "norm": a.get("norm"),
     }, "model")
     train = build(TrainConfig, doc.get("train", {}), {
         "epochs": a.get("epochs"), "batch_size": a.get("batch_size"), "lr": a.get("lr"),

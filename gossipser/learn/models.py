@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ class ModelConfig:
     kind: str = "cnn"
     width: int = 64  # DNN hidden units / 4, CNN channels, LSTM hidden size per direction
     dropout: float = 0.3
+    # normalisation inside the CNN: "batch" (BatchNorm: running statistics are part of the
+    # model and get averaged), "group" (GroupNorm, 8 groups: no statistics, per-sample, as
+    # DP-SGD needs) or "none"
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         check_types(self, "model")
@@ -29,6 +34,8 @@ class ModelConfig:
             raise ConfigError("model width must be in [4, 1024]")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model dropout must be in [0, 1)")
+        if self.norm not in ("batch", "group", "none"):
+            raise ConfigError(f"[model] norm must be batch, group or none, got {self.norm!r}")
 
     @property
     def view(self) -> str:
@@ -78,9 +85,17 @@ class DNN(nn.Module):
         return self.net(x)
 
 
-def _conv_block(c_in: int, c_out: int, k: int) -> nn.Sequential:
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.Identity()
+
+
+def _conv_block(c_in: int, c_out: int, k: int, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv1d(c_in, c_out, k, padding=k // 2), nn.BatchNorm1d(c_out), nn.ReLU(),
+        nn.Conv1d(c_in, c_out, k, padding=k // 2), _norm(norm, c_out), nn.ReLU(),
     )
 
 
@@ -91,9 +106,9 @@ class CNN(nn.Module):
         super().__init__()
         c = cfg.width
         self.features = nn.Sequential(
-            _conv_block(n_in, c, 5), nn.MaxPool1d(2),
-            _conv_block(c, c, 5), nn.MaxPool1d(2),
-            _conv_block(c, c * 2, 3), Dropout(cfg.dropout / 2),
+            _conv_block(n_in, c, 5, cfg.norm), nn.MaxPool1d(2),
+            _conv_block(c, c, 5, cfg.norm), nn.MaxPool1d(2),
+            _conv_block(c, c * 2, 3, cfg.norm), Dropout(cfg.dropout / 2),
         )
         self.head = nn.Sequential(Dropout(cfg.dropout), nn.Linear(4 * c, n_classes))
 
