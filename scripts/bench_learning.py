@@ -104,7 +104,9 @@ def run(args: argparse.Namespace, console) -> int:
               else [resolve_test_speakers(args.test_speakers, doc, ds)])
     console.print(f"train: {model.kind} width {model.width}, {train.epochs} epochs, batch "
                   f"{train.batch_size}; simulate: {gossip.algorithm} on {gossip.topology}, "
-                  f"{gossip.rounds} rounds x {gossip.local_epochs:g} local epochs; "
+                  f"{gossip.rounds} rounds at most x "
+                  f"{'auto' if gossip.local_epochs is None else f'{gossip.local_epochs:g}'} "
+                  f"local epochs; "
                   f"{len(splits)} split(s) x seeds {args.seeds}")
     runs = []
     for k, test in enumerate(splits):
