@@ -590,3 +590,56 @@ def test_every_algorithm_survives_a_lossy_round():
         for r in range(1, 4):
             play_round(peers, r, lost=lambda *_: bool(rng.random() < 0.5))
         assert np.isfinite(stacked(peers)).all(), algorithm
+
+
+# --- private layers
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a not in ("fedavg", "local")])
+def test_private_parameters_are_never_sent_and_never_mixed(algorithm):
+    # Prepare: each peer holds a shared 'w' and a private 'p'; training replaces both
+    graph = torus_graph(9)
+    values = values_for(9)
+    peers = make_peers(graph, algorithm, values)
+    for p, v in zip(peers, values, strict=True):
+        p.params = {"w": v.copy(), "p": -v.copy()}
+        p.private = frozenset({"p"})
+    sent: list[Message] = []
+
+    def spy(src, dest, msg) -> bool:
+        sent.append(msg)
+        return False
+
+    # Execute: rounds in which each peer "trains" (a private step of its own) then gossips
+    for r in range(6):
+        for p in peers:
+            p.begin_round(r)
+            if p.wants_training():
+                start = p.train_from()
+                p.trained({"w": start["w"] * 0.9, "p": start["p"] + 1.0}, steps=1)
+        for p in peers:
+            deliver(peers, p.pid, p.outgoing(), spy)
+        for p in peers:
+            p.end_round()
+    # Assert: messages flowed, none carried 'p', and 'p' is each peer's own trajectory
+    assert sent and all("p" not in m.params and "track/p" not in m.params for m in sent)
+    assert any("w" in m.params for m in sent)
+    for p, v in zip(peers, values, strict=True):
+        np.testing.assert_allclose(p.params["p"], -v + 6.0, **F32)
+    assert np.std(stacked(peers), axis=0).max() < np.std(values, axis=0).max()  # 'w' is mixed
+
+
+def test_private_names_resolve_aliases_and_refuse_unknown_layers():
+    from gossipser.gossip.private import private_names
+
+    params = {"enc.0.weight": 0, "enc.0.bias": 0, "norm.running_mean": 0, "head.weight": 0,
+              "head.bias": 0}
+    assert private_names(params, ["first"]) == {"enc.0.weight", "enc.0.bias"}
+    assert private_names(params, ["last", "norm"]) == {"head.weight", "head.bias",
+                                                       "norm.running_mean"}
+    assert private_names(params, []) == frozenset()
+    with pytest.raises(ConfigError, match="'enc.1' is not in the model; its layers are "
+                       "first, last, enc.0, norm, head"):
+        private_names(params, ["enc.1"])
+    with pytest.raises(ConfigError, match="whole model"):
+        private_names(params, ["enc", "norm", "head"])

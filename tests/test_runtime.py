@@ -90,9 +90,10 @@ def base_config(tiny_corpus: Path, cache_dir: Path, tmp_path_factory: pytest.Tem
     return path
 
 
-def make_setup(ds: Dataset, algorithm: str, *, rounds: int = 3) -> RunSetup:
+def make_setup(ds: Dataset, algorithm: str, *, rounds: int = 3,
+               private_layers: tuple[str, ...] = ()) -> RunSetup:
     cfg = GossipConfig(algorithm=algorithm, topology="ring", rounds=rounds, peers=4,
-                       partition="iid", workers=1)
+                       partition="iid", workers=1, private_layers=private_layers)
     return setup_run(ds, cfg=cfg, model=MODEL, train=TrainConfig(), test_speakers=TEST_SPEAKERS,
                      seed=0)
 
@@ -494,3 +495,30 @@ async def test_a_peer_sends_no_audio_and_no_features(ds: Dataset, tmp_path: Path
     found = {i: leaks(sent, a) for i, a in enumerate(private)}
     assert sum(a.nbytes for a in private) > 1_000_000
     assert not any(found.values()), {i: n for i, n in found.items() if n}
+
+
+@pytest.mark.parametrize("algorithm", ["dpsgd", "gradient-tracking"])
+async def test_private_layers_never_leave_a_peer(ds: Dataset, tmp_path: Path, transports: dict,
+                                                 algorithm: str) -> None:
+    # Prepare: the first convolution stays home
+    setup = make_setup(ds, algorithm, private_layers=("first",))
+    private = setup.private
+    assert private == {"features.0.0.weight", "features.0.0.bias"}
+    # Execute: a whole networked run, recording every frame every peer sends
+    await run_network(setup, tcp_net(), tmp_path)
+    # Assert: no frame names a private parameter; the shared ones all travel
+    frames = [f for pid in range(setup.n_peers) for f in transports[pid].sent]
+    models = [m for m in (decode(f, secret=SECRET) for f in frames) if m.kind == "model"]
+    assert len(models) >= setup.n_peers * 3 * 2
+    shared = set(setup.message_params())
+    assert all(set(m.params) == shared for m in models)
+    assert not any(k in private or k.split("/")[-1] in private for k in shared)
+    # Assert: each peer's private layer is its own (trained, never averaged) and its bytes
+    # are nowhere in what the peer sent, while a shared layer's are
+    finals = [dict(np.load(tmp_path / f"peer-{i}" / "model.npz")) for i in range(setup.n_peers)]
+    first = [f["features.0.0.weight"] for f in finals]
+    assert not np.allclose(first[0], first[1])
+    assert not np.allclose(first[0], setup.init["features.0.0.weight"])
+    sent0 = windows(b"".join(transports[0].sent))
+    assert leaks(sent0, first[0]) == 0
+    assert leaks(sent0, models[0].params["head.1.weight"]) > 0  # control

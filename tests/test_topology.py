@@ -358,3 +358,16 @@ def test_describe_other_mixing_and_bad_name():
     assert describe(graph, "maxdegree")["slem"] == pytest.approx(0.8)  # 1 - 1/(1 + 4)
     with pytest.raises(ConfigError, match="unknown mixing"):
         describe(graph, "nope")
+
+
+@pytest.mark.parametrize("peers, name, degree", [
+    (1, "single", 0), (2, "complete", 1), (4, "complete", 3), (5, "regular:4", 4),
+    (9, "regular:4", 4), (40, "regular:4", 4),
+])
+def test_auto_is_regular4_when_possible_and_names_what_it_built(peers, name, degree):
+    # Execute
+    graph = build_topology("auto", peers=peers, seed=3)
+    # Assert
+    assert graph.graph["name"] == name
+    assert {d for _, d in graph.degree()} == {degree}
+    assert nx.is_connected(graph)

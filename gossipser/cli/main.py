@@ -44,6 +44,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gossipser",
@@ -80,11 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_model_args(p)
     g = p.add_argument_group("gossip")
-    g.add_argument("--topology", help="ring, torus, regular:4, smallworld:4:0.2, er:0.2, "
-                   "complete, star, hypercube, expo, or a file (default ring)")
+    g.add_argument("--topology", help="auto, ring, torus, regular:4, smallworld:4:0.2, er:0.2, "
+                   "complete, star, hypercube, expo, or a file (default auto: regular:4 "
+                   "when there are 5 peers or more, else complete)")
     g.add_argument("--algorithm", help=f"{', '.join(ALGORITHMS)} (default dpsgd)")
-    g.add_argument("--rounds", type=int, help="rounds (default 30)")
-    g.add_argument("--local-epochs", type=float, help="local epochs per round (default 1)")
+    g.add_argument("--rounds", type=int, help="rounds at most (default 100; the run stops "
+                   "earlier on a plateau, see --patience)")
+    g.add_argument("--patience", type=int, help="plateau window in rounds (default 10; "
+                   "0 runs every round)")
+    g.add_argument("--local-epochs", type=float, help="local epochs per round (default: the "
+                   "steps that match centralized training's budget over the rounds)")
     g.add_argument("--peers", type=int, help="peers (default: one per training speaker)")
     g.add_argument("--partition", help="speaker (default), iid, balanced, dirichlet:ALPHA")
     g.add_argument("--mixing", help="metropolis (default), maxdegree, weight")
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fraction", type=float, help="FedAvg: share of clients per round")
     g.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
     g.add_argument("--workers", type=int, help="training processes (default 2)")
+    g.add_argument("--private-layers", metavar="LIST", type=_names,
+                   help="layers that never leave a peer: first, last or module names "
+                   "(e.g. features.0.0), comma-separated")
     p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers")
     p.add_argument("--display", choices=("live", "plain", "none"),
                    help="live view (default on a terminal), plain lines, or nothing")

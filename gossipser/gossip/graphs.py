@@ -6,6 +6,8 @@ listens); edges may carry a positive ``weight`` (used by ``mixing='weight'``).
 
 Specs (``build_topology(spec, peers=N, seed=S)``)::
 
+    auto              regular:4 when N >= 5, else complete (the default: a sparse graph
+                      whose spectral gap stays large as N grows, unlike the ring's)
     ring              cycle, N >= 3
     torus             2-D wrap-around grid r x c = N, r, c >= 3, as square as possible
     regular:K         random K-regular, connected; 2 <= K < N, N*K even
@@ -37,7 +39,7 @@ from gossipser.errors import TopologyError
 
 FILE_SUFFIXES = (".json", ".txt", ".edges", ".edgelist")
 KINDS = ("ring", "torus", "regular", "smallworld", "er", "complete", "star", "hypercube", "expo")
-_USAGE = "ring, torus, regular:K, smallworld:K:P, er:P, complete, star, hypercube, expo"
+_USAGE = "auto, ring, torus, regular:K, smallworld:K:P, er:P, complete, star, hypercube, expo"
 _MAX_TRIES = 100
 _INT = re.compile(r"[0-9]+")
 # networkx 3.4 renamed node_link_*'s `link` keyword to `edges`; pass whichever exists.
@@ -173,6 +175,16 @@ class TopologySpec:
     def random(self) -> bool:
         """Whether the graph depends on the seed."""
         return self.kind in ("regular", "smallworld", "er")
+
+
+AUTO = "auto"
+
+
+def resolve_auto(spec: str, n: int) -> str:
+    """The concrete spec ``auto`` stands for on ``n`` peers (other specs unchanged)."""
+    if spec.strip().lower() != AUTO:
+        return spec
+    return "regular:4" if n >= 5 else "complete"
 
 
 def parse_spec(spec: str) -> TopologySpec:

@@ -4,10 +4,13 @@ The simulator and the network runtimes only deliver `Message`s between these obj
 simulated peer and a networked peer run exactly this code. Training happens outside: a peer
 hands out the parameters to train from (`train_from`) and takes the result back (`trained`).
 What the peer sends and how it merges is its algorithm's (`gossipser.gossip.algorithms`).
+Private layers (`gossipser.gossip.private`) are cut from every message the peer sends and
+restored after every merge, whatever the algorithm, so they never leave and are never mixed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +18,7 @@ import numpy as np
 from gossipser.gossip.algorithms import Outbox, make_algorithm
 from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import Params, copy_params
+from gossipser.gossip.private import public
 
 _LOOK_AHEAD = 2  # rounds a fast neighbour's message may be ahead of ours and still be kept
 
@@ -25,7 +29,7 @@ class Peer:
     def __init__(
         self, *, pid: int, neighbours: Sequence[int], algorithm: str, params: Params,
         samples: int, run: str, rng: np.random.Generator,
-        mix_row: dict[int, float] | None = None,
+        mix_row: dict[int, float] | None = None, private: frozenset[str] = frozenset(),
     ) -> None:
         self.pid = pid
         self.neighbours = tuple(sorted(neighbours))
@@ -36,6 +40,10 @@ class Peer:
         self.run = run
         self.rng = rng
         self.mix_row = mix_row or {}
+        self.private = frozenset(private)  # parameter names that never leave this peer
+        missing = self.private - set(params)
+        if missing:
+            raise ValueError(f"peer {pid}: private parameters {sorted(missing)} not in the model")
         self.age = 0.0  # local updates this model has seen
         # synchronous algorithms: arrivals by round, then sender (a fast neighbour may already
         # be one round ahead of us on a network)
@@ -83,7 +91,7 @@ class Peer:
     # the exchange ------------------------------------------------------------------------
     def outgoing(self) -> Outbox:
         """Messages to send after local training in the current round."""
-        return self.strategy.outgoing(self)
+        return self._public(self.strategy.outgoing(self))
 
     def receive(self, msg: Message) -> Outbox:
         """Take in one message; returns replies (pairwise gossip answers a pull)."""
@@ -94,11 +102,40 @@ class Peer:
                     and msg.sender in self.neighbours):
                 self.inbox.setdefault(msg.round, {})[msg.sender] = msg
             return []
-        return s.receive(self, msg)
+        kept = self._kept()
+        replies = s.receive(self, self._completed(msg))
+        self._restore(kept)
+        return self._public(replies)
 
     def end_round(self) -> None:
         """Synchronous algorithms mix what arrived; a missing neighbour's weight stays home."""
-        self.strategy.end_round(self, self.inbox.pop(self.round, {}))
+        kept = self._kept()
+        inbox = {j: self._completed(m) for j, m in self.inbox.pop(self.round, {}).items()}
+        self.strategy.end_round(self, inbox)
+        self._restore(kept)
+
+    # private layers ------------------------------------------------------------------------
+    def _public(self, outbox: Outbox) -> Outbox:
+        if not self.private:
+            return outbox
+        return [(j, dataclasses.replace(m, params=public(m.params, self.private)))
+                for j, m in outbox]
+
+    def _completed(self, msg: Message) -> Message:
+        """`msg` with the private entries it lacks filled from this peer's own (placeholders
+        that let any strategy merge; `_restore` puts the real values back afterwards)."""
+        if not self.private or not msg.params:
+            return msg
+        own = self.strategy.message_params(self.params)
+        fill = {k: v for k, v in own.items() if k not in msg.params}
+        return dataclasses.replace(msg, params={**msg.params, **fill}) if fill else msg
+
+    def _kept(self) -> Params:
+        return {k: self.params[k] for k in self.private}
+
+    def _restore(self, kept: Params) -> None:
+        if kept:
+            self.params = {**self.params, **kept}
 
     # checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, float]:

@@ -24,6 +24,7 @@ from gossipser.errors import ConfigError
 from gossipser.gossip.algorithms import algorithm_class
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
+from gossipser.gossip.private import private_names, public
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.topology import build_topology
 from gossipser.learn.modelio import n_inputs
@@ -35,7 +36,7 @@ from gossipser.learn.train import TrainConfig
 @dataclass(frozen=True)
 class GossipConfig:
     algorithm: str = "dpsgd"
-    topology: str = "ring"  # a spec (ring, torus, regular:4, ...) or a file
+    topology: str = "auto"  # a spec (auto, ring, torus, regular:4, ...) or a file
     peers: int | None = None  # default: one per training speaker
     rounds: int = 100  # at most; the simulator stops earlier on a plateau (see patience)
     # local training per round; None: as many steps per round as make every peer take, over
@@ -55,9 +56,16 @@ class GossipConfig:
     # less than 1 % and the consensus distance by less than 5 % against the `patience` rounds
     # before (0: always run every round). Networked peers always run `rounds`.
     patience: int = 10
+    # layers that stay on the device, never sent, never mixed (gossipser.gossip.private)
+    private_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_types(self, "gossip")
+        layers = tuple(x.strip() for x in self.private_layers if x.strip())
+        object.__setattr__(self, "private_layers", layers)  # a TOML list becomes a tuple
+        if self.private_layers and not algorithm_class(self.algorithm).uses_topology:
+            raise ConfigError(f"private layers need a gossip algorithm; {self.algorithm}'s "
+                              "server evaluates one global model")
         algorithm_class(self.algorithm)  # an unknown name is a ConfigError listing the known
         for name in ("drop", "churn", "stragglers"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -148,12 +156,18 @@ class RunSetup:
             pid=pid, neighbours=neighbours, algorithm=self.cfg.algorithm,
             params=self.initial_params(pid),
             samples=len(self.parts[pid]), run=self.run_id, mix_row=row,
-            rng=np.random.default_rng([self.seed, 7, pid]),
+            rng=np.random.default_rng([self.seed, 7, pid]), private=self.private,
         )
+
+    @property
+    def private(self) -> frozenset[str]:
+        """Parameter names that never leave a peer (`GossipConfig.private_layers`)."""
+        return private_names(self.init, self.cfg.private_layers)
 
     def message_params(self) -> Params:
         """The parameter names, shapes and dtypes one model message of this run carries."""
-        return algorithm_class(self.cfg.algorithm)().message_params(self.init)
+        return public(algorithm_class(self.cfg.algorithm)().message_params(self.init),
+                      self.private)
 
     def make_server(self) -> FedAvgServer:
         return FedAvgServer(clients=range(self.n_peers), params=self.init, run=self.run_id,

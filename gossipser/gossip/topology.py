@@ -30,7 +30,7 @@ import networkx as nx
 import numpy as np
 
 from gossipser.errors import TopologyError
-from gossipser.gossip.graphs import FILE_SUFFIXES, generate, parse_spec
+from gossipser.gossip.graphs import AUTO, FILE_SUFFIXES, generate, parse_spec, resolve_auto
 from gossipser.gossip.mixing import mixing_matrix, slem
 
 _INT = re.compile(r"[0-9]+")
@@ -50,9 +50,13 @@ def build_topology(spec_or_path: str | Path, *, peers: int | None, seed: int = 0
                 f"topology {graph.graph['name']} has {graph.number_of_nodes()} nodes, peers={peers}"
             )
         return graph
-    spec = parse_spec(text)
     if peers is None:
         raise TopologyError(f"topology {text!r} needs the number of peers")
+    if peers == 1 and text.strip().lower() == AUTO:
+        graph = nx.empty_graph(1)
+        graph.graph["name"] = "single"
+        return validate(graph)
+    spec = parse_spec(resolve_auto(text, peers))
     graph = generate(spec, peers, rng=np.random.default_rng(seed))
     graph.graph["name"] = str(spec)
     if spec.random:

@@ -42,13 +42,15 @@ def flatten(params: Params) -> np.ndarray:
                            for k in sorted(params) if not is_statistic(k)])
 
 
-def consensus_distance_of(states: Sequence[Params]) -> tuple[float, np.ndarray]:
-    """((1/n) sum_i ||theta_i - theta_bar||^2 over trained parameters, per-peer distances).
+def consensus_distance_of(states: Sequence[Params], *, skip: frozenset[str] = frozenset(),
+                          ) -> tuple[float, np.ndarray]:
+    """((1/n) sum_i ||theta_i - theta_bar||^2 over trained parameters, per-peer distances);
+    `skip` names parameters left out (private layers, which never agree).
 
     Accumulated one parameter at a time, without a copy of every model."""
     per_peer = np.zeros(len(states))
     for k in states[0]:
-        if is_statistic(k):
+        if is_statistic(k) or k in skip:
             continue
         x = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
         per_peer += ((x - x.mean(axis=0)) ** 2).sum(axis=1)
@@ -58,6 +60,7 @@ def consensus_distance_of(states: Sequence[Params]) -> tuple[float, np.ndarray]:
 class Simulator:
     def __init__(self, setup: RunSetup, pool, *, listeners: Sequence[Listener] = ()) -> None:
         self.setup = setup
+        self.private = setup.private
         self.cfg = setup.cfg
         self.pool = pool
         self.listeners = list(listeners)
@@ -140,7 +143,7 @@ class Simulator:
     def _row(self, r: int, online: set[int], losses: dict[int, float], evaluate: bool,
              t0: float) -> tuple[dict, tuple[PeerStatus, ...]]:
         states = [p.params for p in self.peers]
-        dist, per_peer = consensus_distance_of(states)
+        dist, per_peer = consensus_distance_of(states, skip=self.private)
         peer_bytes = [self.bytes_sent[i] for i in range(len(self.peers))]
         row: dict = {c: "" for c in CSV_COLUMNS}
         row.update(
@@ -202,7 +205,8 @@ class Simulator:
             return None
         trained = [v for v in losses.values() if not np.isnan(v)]
         self._loss.append(float(np.mean(trained)) if trained else np.nan)
-        self._dist.append(consensus_distance_of([q.params for q in self.peers])[0])
+        self._dist.append(consensus_distance_of([q.params for q in self.peers],
+                                                skip=self.private)[0])
         if r < 2 * p:
             return None
         loss, dist = np.array(self._loss[-2 * p:]), np.array(self._dist[-2 * p:])

@@ -30,7 +30,7 @@ TARGET = 0.95  # "converged": the deployed UA reaches this share of the centrali
 class Method:
     name: str
     algorithm: str  # "centralized" or a gossipser algorithm
-    topology: str = "ring"
+    topology: str = "auto"
     faults: bool = False
 
     @property
