@@ -129,7 +129,9 @@ def cmd_train(args: Any) -> int:
     n_params = count_parameters(build_model(
         model_cfg, n_features=n_inputs(features, model_cfg), n_classes=len(ds.classes)))
     console.print(f"model: {model_cfg.kind}, {n_params:,} parameters; "
-                  f"{train_cfg.epochs} epochs, batch {train_cfg.batch_size}, lr {train_cfg.lr}")
+                  f"{train_cfg.epochs} epochs, batch {train_cfg.batch_size}, lr {train_cfg.lr}"
+                  + (f"; DP-SGD, clip {train_cfg.dp_clip}, delta {train_cfg.dp_delta:g}"
+                     if train_cfg.dp is not None else ""))
     if args.folds and args.test_speakers:
         raise ConfigError("give --folds or --test-speakers, not both")
     test_sets = speaker_folds(ds, args.folds) if args.folds else [
@@ -152,7 +154,9 @@ def cmd_train(args: Any) -> int:
         rows.append((label, res.scores))
         folds.append({"test_speakers": list(test), **res.scores.to_dict(),
                       "final_loss": res.losses[-1] if res.losses else None,
-                      "optimizer_steps": res.steps, "samples_processed": res.samples})
+                      "optimizer_steps": res.steps, "samples_processed": res.samples,
+                      **({"epsilon": res.epsilon, "noise_multiplier": res.noise}
+                         if res.epsilon is not None else {})})
         save_model(out if len(test_sets) == 1 else out / f"fold{k + 1}", res.model,
                    classes=ds.classes, features=features, config=model_cfg,
                    extra={"test_speakers": list(test), "corpus": ds.corpus.name})
@@ -169,6 +173,8 @@ def cmd_train(args: Any) -> int:
         "samples_processed": int(np.mean([f["samples_processed"] for f in folds])),
         "features": features.to_dict(), "model_config": model_cfg.to_dict(),
         "train_config": train_cfg.to_dict(), "skipped_files": len(ds.failed),
+        **({"epsilon_max": max(f["epsilon"] for f in folds), "delta": train_cfg.dp_delta}
+           if train_cfg.dp is not None else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -177,6 +183,9 @@ def cmd_train(args: Any) -> int:
     console.print(scores_table(rows, title=f"{model_cfg.kind} on {ds.corpus.name}, "
                                            "speaker-independent"))
     console.print(confusion_table(total, ds.classes))
+    if train_cfg.dp is not None:
+        console.print(f"privacy: ({summary['epsilon_max']:.2f}, {train_cfg.dp_delta:g})-DP per "
+                      "utterance (RDP accountant)")
     console.print(f"wrote {out / 'summary.json'} and the model ({summary['wall_s']} s)")
     return 0
 

@@ -36,11 +36,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="model width (default 64)")
     g.add_argument("--dropout", type=float, help="dropout (default 0.3)")
     g.add_argument("--norm", choices=("batch", "group", "none"),
-                   help="CNN normalisation layers (default batch)")
+                   help="normalisation layers (default batch; group under DP-SGD)")
     g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--batch-size", type=int, help="batch size (default 32)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     g.add_argument("--class-balanced", action="store_true", help="inverse-frequency class weights")
+    g.add_argument("--dp-epsilon", type=float, metavar="EPS",
+                   help="DP-SGD to this epsilon per peer over the planned steps (noise calibrated)")
+    g.add_argument("--dp-noise", type=float, metavar="SIGMA",
+                   help="DP-SGD with this noise multiplier (epsilon is then reported)")
+    g.add_argument("--dp-delta", type=float, help="DP-SGD delta (default 1e-5)")
+    g.add_argument("--dp-clip", type=float,
+                   help="DP-SGD per-utterance gradient norm bound (default 1)")
     g.add_argument("--seed", type=int, default=0)
 
 

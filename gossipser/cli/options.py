@@ -40,12 +40,16 @@ def run_configs(args: Any, doc: dict[str, dict[str, Any]]):
         "hop_ms": a.get("hop_ms"), "max_frames": a.get("max_frames"),
         "cmvn_scope": a.get("cmvn_scope"),
     }, "features")
-    model = build(ModelConfig, doc.get("model", {}), {
-        "kind": a.get("model"), "width": a.get("width"), "dropout": a.get("dropout"),
-        "norm": a.get("norm"),
-    }, "model")
     train = build(TrainConfig, doc.get("train", {}), {
         "epochs": a.get("epochs"), "batch_size": a.get("batch_size"), "lr": a.get("lr"),
-        "class_balanced": a.get("class_balanced") or None,
+        "class_balanced": a.get("class_balanced") or None, "dp_epsilon": a.get("dp_epsilon"),
+        "dp_noise": a.get("dp_noise"), "dp_delta": a.get("dp_delta"), "dp_clip": a.get("dp_clip"),
     }, "train")
+    norm = a.get("norm")
+    if norm is None and "norm" not in doc.get("model", {}) and train.dp is not None:
+        norm = "group"  # DP-SGD needs per-sample gradients, which BatchNorm does not have
+    model = build(ModelConfig, doc.get("model", {}), {
+        "kind": a.get("model"), "width": a.get("width"), "dropout": a.get("dropout"),
+        "norm": norm,
+    }, "model")
     return features, model, train

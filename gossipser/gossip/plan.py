@@ -130,8 +130,11 @@ class RunSetup:
 
     def shard(self, pid: int) -> Shard:
         idx = self.parts[pid]
+        per_epoch = max(1, len(idx) // self.train.batch_size) if len(idx) >= 2 else 0
+        planned = self.cfg.rounds * self.local_steps(per_epoch) if per_epoch else 0
         return Shard(peer=pid, x=self.dataset.inputs(self.model.view, idx),
-                     y=self.dataset.labels[idx], seed=peer_seed(self.seed, pid))
+                     y=self.dataset.labels[idx], seed=peer_seed(self.seed, pid),
+                     planned_steps=planned)
 
     def pool_spec(self) -> PoolSpec:
         return PoolSpec(
@@ -181,7 +184,17 @@ class RunSetup:
             "classes": list(self.dataset.classes), "seed": self.seed, "run": self.run_id,
             "partition": self.cfg.partition, "test_utterances": int(len(self.test_idx)),
             "peer_utterances": [int(len(p)) for p in self.parts],
+            **({"private_layers": sorted(self.private)} if self.private else {}),
+            **({"dp": dp_description(self.train)} if self.train.dp is not None else {}),
         }
+
+
+def dp_description(train: TrainConfig) -> dict:
+    """What a summary says about DP-SGD: the guarantee's unit and its settings."""
+    dp = train.dp
+    return {"unit": "utterance, per peer (example-level DP on each peer's own shard)",
+            "delta": dp.delta, "clip": dp.clip, "target_epsilon": dp.epsilon,
+            "noise_multiplier": dp.noise, "accountant": "rdp (opacus)"}
 
 
 def peer_seed(seed: int, pid: int) -> int:

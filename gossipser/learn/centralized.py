@@ -25,6 +25,8 @@ class BaselineResult:
     history: list[tuple[int, Scores]] = field(default_factory=list)  # (epoch, test scores)
     steps: int = 0  # optimiser steps
     samples: int = 0  # examples the optimiser saw
+    epsilon: float | None = None  # DP-SGD: privacy spent at train_cfg.dp_delta (None: off)
+    noise: float | None = None
 
 
 def train_centralized(
@@ -52,4 +54,6 @@ def train_centralized(
             on_epoch(epoch + 1, losses[-1])
     scores = evaluate(model, x_test, y_test, len(ds.classes))
     return BaselineResult(model=model, scores=scores, losses=losses, history=history,
-                          steps=trainer.steps_done, samples=trainer.samples_done)
+                          steps=trainer.steps_done, samples=trainer.samples_done,
+                          epsilon=trainer.epsilon,
+                          noise=None if trainer.private is None else trainer.private.noise)

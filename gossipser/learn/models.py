@@ -21,9 +21,9 @@ class ModelConfig:
     kind: str = "cnn"
     width: int = 64  # DNN hidden units / 4, CNN channels, LSTM hidden size per direction
     dropout: float = 0.3
-    # normalisation inside the CNN: "batch" (BatchNorm: running statistics are part of the
-    # model and get averaged), "group" (GroupNorm, 8 groups: no statistics, per-sample, as
-    # DP-SGD needs) or "none"
+    # normalisation inside the CNN and of the DNN's input: "batch" (BatchNorm: running
+    # statistics are part of the model and get averaged), "group" (GroupNorm, 8 groups: no
+    # statistics, per-sample, as DP-SGD needs) or "none"
     norm: str = "batch"
 
     def __post_init__(self) -> None:
@@ -75,7 +75,9 @@ class DNN(nn.Module):
         super().__init__()
         h = cfg.width * 4
         self.net = nn.Sequential(
-            nn.BatchNorm1d(n_in, affine=False),  # the statistics have very different scales
+            # the statistics have very different scales; batch statistics mix the samples
+            # of a batch, which DP-SGD forbids: norm group/none keep the inputs as they are
+            nn.BatchNorm1d(n_in, affine=False) if cfg.norm == "batch" else nn.Identity(),
             nn.Linear(n_in, h), nn.ReLU(), Dropout(cfg.dropout),
             nn.Linear(h, h // 2), nn.ReLU(), Dropout(cfg.dropout),
             nn.Linear(h // 2, n_classes),

@@ -33,6 +33,7 @@ class Shard:
     x: np.ndarray
     y: np.ndarray
     seed: int
+    planned_steps: int | None = None  # optimiser steps over the run (DP-SGD calibrates to it)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class TrainResult:
     loss: float
     steps: int
     samples: int = 0  # examples the optimiser saw in these steps
+    epsilon: float | None = None  # DP-SGD: privacy spent by the peer so far (None: off)
+    noise: float | None = None  # DP-SGD noise multiplier
 
 
 class _Trainers:
@@ -71,6 +74,7 @@ class _Trainers:
                 model=build_model(spec.model, n_features=spec.n_inputs,
                                   n_classes=spec.n_classes, seed=s.seed),
                 x=s.x, y=s.y, n_classes=spec.n_classes, cfg=spec.train, seed=s.seed,
+                planned_steps=s.planned_steps,
             )
             for s in shards
         }
@@ -83,7 +87,8 @@ class _Trainers:
         before = t.samples_done
         loss = t.train_steps(job.steps)
         return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps,
-                           samples=t.samples_done - before)
+                           samples=t.samples_done - before, epsilon=t.epsilon,
+                           noise=None if t.private is None else t.private.noise)
 
     def evaluate(self, params: Params) -> Scores:
         set_state(self.eval_model, params)

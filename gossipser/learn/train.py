@@ -12,6 +12,7 @@ from torch import nn
 
 from gossipser.config import check_types
 from gossipser.errors import ConfigError
+from gossipser.learn.dp import DPSettings, PrivateSteps
 from gossipser.learn.metrics import Scores, score
 from gossipser.learn.models import attach_generator
 
@@ -24,9 +25,22 @@ class TrainConfig:
     weight_decay: float = 1e-4
     class_balanced: bool = False
     label_smoothing: float = 0.1
+    # DP-SGD (gossipser.learn.dp): a target epsilon (noise calibrated from the planned
+    # steps) or a noise multiplier; per-sample gradients clipped to dp_clip
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_noise: float | None = None
+    dp_clip: float = 1.0
 
     def __post_init__(self) -> None:
         check_types(self, "train")
+        if self.dp_epsilon is not None and self.dp_noise is not None:
+            raise ConfigError("train config: give dp_epsilon or dp_noise, not both")
+        if (self.dp_epsilon is not None and not self.dp_epsilon > 0
+                or self.dp_noise is not None and not self.dp_noise > 0):
+            raise ConfigError("train config: dp_epsilon and dp_noise must be > 0")
+        if not 0 < self.dp_delta < 1 or not self.dp_clip > 0:
+            raise ConfigError("train config: need 0 < dp_delta < 1 and dp_clip > 0")
         if self.epochs < 0 or self.batch_size < 2 or not 0 < self.lr < 1:
             raise ConfigError("train config: need epochs >= 0, batch_size >= 2, 0 < lr < 1")
         if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
@@ -34,6 +48,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def dp(self) -> DPSettings | None:
+        """DP-SGD settings, or None when training is not private."""
+        if self.dp_epsilon is None and self.dp_noise is None:
+            return None
+        return DPSettings(clip=self.dp_clip, delta=self.dp_delta, noise=self.dp_noise,
+                          epsilon=self.dp_epsilon)
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -44,11 +66,13 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class LocalTrainer:
-    """Adam on one data shard with a local torch.Generator for batch order."""
+    """Adam on one data shard with a local torch.Generator for batch order; with DP-SGD
+    (`cfg.dp`), clipped and noised steps on Poisson batches, calibrated to `planned_steps`
+    (default: cfg.epochs epochs)."""
 
     def __init__(
         self, *, model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int,
-        cfg: TrainConfig, seed: int,
+        cfg: TrainConfig, seed: int, planned_steps: int | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -67,6 +91,20 @@ class LocalTrainer:
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.steps_done = 0
         self.samples_done = 0  # examples seen by the optimiser (steps x batch, summed)
+        self.private: PrivateSteps | None = None
+        if cfg.dp is not None:
+            planned = (cfg.epochs * self.steps_per_epoch() if planned_steps is None
+                       else planned_steps)
+            self.private = PrivateSteps(
+                model=model, optimizer=self.optimizer, dp=cfg.dp, n=self.n_samples,
+                batch_size=cfg.batch_size, planned_steps=planned, seed=int(seed) + 2)
+            self.sum_loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing,
+                                                reduction="sum")
+
+    @property
+    def epsilon(self) -> float | None:
+        """The privacy spent so far at `cfg.dp_delta` (None: training is not private)."""
+        return None if self.private is None else self.private.epsilon()
 
     @property
     def n_samples(self) -> int:
@@ -96,6 +134,8 @@ class LocalTrainer:
         if steps <= 0 or self.n_samples < 2:
             return float("nan")
         self.model.train()
+        if self.private is not None:
+            return self._private_steps(steps)
         total = 0.0
         count = 0
         for idx in self._batches(steps):
@@ -109,9 +149,23 @@ class LocalTrainer:
         self.steps_done += count
         return total / max(count, 1)
 
+    def _private_steps(self, steps: int) -> float:
+        dp = self.private
+        total, seen = 0.0, 0
+        for _ in range(steps):
+            idx = dp.batch()  # may be empty: the step is then noise alone, as accounted
+            loss = self.sum_loss(dp.module(self.x[idx]), self.y[idx])
+            dp.step(loss)
+            total += float(loss.detach())
+            seen += len(idx)
+        self.samples_done += seen
+        self.steps_done += steps
+        return total / max(seen, 1)
+
     def state(self) -> dict[str, np.ndarray]:
         """Optimiser moments and RNG states as plain arrays (for checkpoints, no pickle)."""
-        out = {"_rng.batches": self.generator.get_state().numpy(),
+        out = {**(self.private.state() if self.private is not None else {}),
+               "_rng.batches": self.generator.get_state().numpy(),
                "_rng.dropout": self.dropout_generator.get_state().numpy(),
                "_steps": np.array(self.steps_done, dtype=np.int64)}
         for i, st in self.optimizer.state_dict()["state"].items():
@@ -123,6 +177,8 @@ class LocalTrainer:
         self.generator.set_state(torch.from_numpy(np.array(saved["_rng.batches"])))
         self.dropout_generator.set_state(torch.from_numpy(np.array(saved["_rng.dropout"])))
         self.steps_done = int(saved["_steps"])
+        if self.private is not None:
+            self.private.load_state(saved)
         opt = self.optimizer.state_dict()
         state: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in saved.items():

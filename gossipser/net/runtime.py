@@ -190,7 +190,9 @@ async def run_peer(
     summary = {"peer": pid, "run": setup.run_id, "algorithm": cfg.algorithm,
                "rounds": cfg.rounds, "rows": rows, "final": final_scores.to_dict(),
                "bytes_sent": node.transport.stats.bytes_sent, "rejected": _rejections(node),
-               "wall_s": round(time.perf_counter() - t0, 2)}
+               "wall_s": round(time.perf_counter() - t0, 2),
+               **({"epsilon": trainer.epsilon, "delta": setup.train.dp_delta}
+                  if trainer.epsilon is not None else {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

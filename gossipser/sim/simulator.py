@@ -27,7 +27,7 @@ CSV_COLUMNS = (
     "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model",
     "wa_avg_model", "consensus_distance", "loss_mean", "online", "messages_sent",
     "messages_dropped", "bytes_sent_total", "bytes_per_peer_mean", "bytes_sent_max_peer",
-    "bytes_sent_max_node", "wall_s",
+    "bytes_sent_max_node", "epsilon_max", "wall_s",
 )
 
 
@@ -80,6 +80,8 @@ class Simulator:
         self._dist: list[float] = []  # consensus distance per round
         self.steps_done = 0  # optimiser steps over all peers
         self.samples_done = 0  # examples seen by the peers' optimisers
+        self.epsilon: dict[int, float] = {}  # DP-SGD: privacy each peer has spent so far
+        self.noise: dict[int, float] = {}
 
     def _emit(self, event) -> None:
         for listener in self.listeners:
@@ -132,6 +134,8 @@ class Simulator:
             losses[res.peer] = res.loss
             self.steps_done += res.steps
             self.samples_done += res.samples
+            if res.epsilon is not None:
+                self.epsilon[res.peer], self.noise[res.peer] = res.epsilon, res.noise
         for i in self.rng.permutation(training):
             self._deliver(int(i), self.peers[int(i)].outgoing(), online)
         for i in sorted(online):
@@ -154,6 +158,7 @@ class Simulator:
             bytes_per_peer_mean=float(np.mean(peer_bytes)),
             bytes_sent_max_peer=max(peer_bytes),
             bytes_sent_max_node=max(self.bytes_sent.values()),  # the FedAvg server is a node
+            epsilon_max=max(self.epsilon.values()) if self.epsilon else "",
             wall_s=round(time.perf_counter() - t0, 3),
         )
         uas: list[float | None] = [None] * len(self.peers)
@@ -233,6 +238,7 @@ class Simulator:
             "local_steps_per_round": self.setup.local_steps(
                 int(np.median(list(self.steps_per_epoch.values()) or [0]))),
             "stopped": self.stopped,
+            **self._privacy(),
             "final": {
                 "ua_mean": last["ua_mean"], "ua_min": last["ua_min"], "ua_max": last["ua_max"],
                 "wa_mean": last["wa_mean"], "macro_f1_mean": last["macro_f1_mean"],
@@ -241,8 +247,20 @@ class Simulator:
                 "consensus_distance": last["consensus_distance"],
                 "confusion_avg_model": avg_score.confusion.tolist(),
                 "ua_per_peer": [s.ua for s in peer_scores],
+                **({"epsilon": max(self.epsilon.values(), default=0.0)}
+                   if self.setup.train.dp is not None else {}),
             },
         }
+
+    def _privacy(self) -> dict:
+        """DP-SGD: the (epsilon, delta) each peer's shard has spent, worst peer first."""
+        if self.setup.train.dp is None:
+            return {}
+        n = len(self.peers)
+        eps = [self.epsilon.get(i, 0.0) for i in range(n)]
+        return {"epsilon_max": max(eps), "epsilon_per_peer": eps,
+                "delta": self.setup.train.dp.delta,
+                "noise_multiplier_per_peer": [self.noise.get(i) for i in range(n)]}
 
     def final_states(self) -> list[Params]:
         return [p.params for p in self.peers]

@@ -75,7 +75,8 @@ class PlainDisplay:
                 f"[{r['ua_min']:.3f}, {r['ua_max']:.3f}]  avg-model UA {r['ua_avg_model']:.3f}  "
                 f"loss {r['loss_mean']:.3f}  consensus {r['consensus_distance']:.3g}  "
                 f"online {r['online']}  MB/peer {r['bytes_per_peer_mean'] / 1e6:.2f}  "
-                f"{r['wall_s']:.1f} s")
+                + (f"epsilon {r['epsilon_max']:.2f}  " if r.get("epsilon_max", "") != "" else "")
+                + f"{r['wall_s']:.1f} s")
 
 
 class LiveDisplay:
@@ -137,6 +138,11 @@ class LiveDisplay:
         if self.dist:
             trend.add_row("consensus (log)", Text(sparkline(self.dist, log=True), style="magenta"),
                           f"{self.dist[-1]:.3g}")
+        if ev and ev.row.get("epsilon_max", "") != "":
+            dp = i.get("dp", {})
+            trend.add_row("privacy", Text(f"epsilon {ev.row['epsilon_max']:.2f} spent by the "
+                                          f"worst peer (delta {dp.get('delta', 0):g})",
+                                          style="yellow"), "")
         return Panel(Group(head, bar, trend, self._peer_table()), title="gossip simulation",
                      border_style="blue")
 
