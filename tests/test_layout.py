@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "gossipser"
 # each room may import from itself and the rooms before it; errors/config serve everyone
-ORDER = ("errors", "config", "data", "learn", "gossip", "sim", "net", "ui", "cli", "__main__")
+ORDER = ("errors", "config", "data", "learn", "gossip", "sim", "privacy", "net", "ui", "cli",
+         "__main__")
 MAX_LINES = 400
 
 

@@ -33,8 +33,8 @@ SYNTH_DEFAULT = {"speakers": 10, "per_emotion": 10, "seed": 0}
 
 def synthetic_corpus(cache_dir: Path | None, console) -> Path:
     """The default corpus: generated once into the cache, then reused."""
-    from gossipser.data.synth import SYNTH_VERSION, SynthConfig
-    from gossipser.data.synth_corpus import write_corpus
+    from gossipser.data.synth import SYNTH_VERSION, SynthConfig, make_speaker
+    from gossipser.data.synth_corpus import SPEAKER_SHEET, write_corpus, write_speaker_sheet
 
     cfg = SynthConfig(**SYNTH_DEFAULT)
     root = (Path(cache_dir) if cache_dir else default_cache_dir()) / (
@@ -44,6 +44,9 @@ def synthetic_corpus(cache_dir: Path | None, console) -> Path:
         with progress(console, "synthesising corpus", 1) as update:
             write_corpus(root, cfg, progress=update)
         done.write_text("ok\n")
+    if not (root / SPEAKER_SHEET).exists():  # generated before the sheet existed
+        write_speaker_sheet(root, [make_speaker(i, seed=cfg.seed)
+                                   for i in range(1, cfg.speakers + 1)])
     return root
 
 
@@ -278,16 +281,27 @@ def cmd_simulate(args: Any) -> int:
     elif display == "plain":
         listeners.append(PlainDisplay(console))
     shards = [setup.shard(i) for i in range(setup.n_peers)]
+    taps = []
+    if args.record_messages:
+        from gossipser.privacy.record import MessageLog
+
+        taps.append(MessageLog(args.record_messages, setup.message_params()))
     try:
         with make_pool(setup.pool_spec(), shards, workers=gcfg.workers) as pool:
-            summary = Simulator(setup, pool, listeners=listeners).run()
+            summary = Simulator(setup, pool, listeners=listeners, taps=taps).run()
     finally:
         for listener in listeners:
             if hasattr(listener, "close"):
                 listener.close()
     summary.update(config={"gossip": gcfg.to_dict(), "model": model_cfg.to_dict(),
                            "train": train_cfg.to_dict(), "features": features.to_dict()},
-                   test_speakers=list(test))
+                   test_speakers=list(test),
+                   data={"path": str(ds.corpus.root), "corpus": ds.corpus.name,
+                         "emotions": list(ds.classes)})
+    for log in taps:
+        log.save(out / "messages.npz")
+        console.print(f"recorded what the peers sent in rounds 1-{log.rounds} in "
+                      f"{out / 'messages.npz'} (gossipser attack --run {out})")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     f = summary["final"]
     console.print(

@@ -114,10 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers that never leave a peer: first, last or module names "
                    "(e.g. features.0.0), comma-separated")
     p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers")
+    p.add_argument("--record-messages", type=int, default=0, metavar="ROUNDS",
+                   help="keep what every peer sends in the first ROUNDS rounds "
+                   "(OUT/messages.npz, for gossipser attack)")
     p.add_argument("--display", choices=("live", "plain", "none"),
                    help="live view (default on a terminal), plain lines, or nothing")
     p.add_argument("--config", metavar="FILE.toml", help="run config (flags override it)")
     p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("attack", help="infer a speaker attribute (gender) from what a "
+                       "simulated run's peers sent, by shadow training")
+    p.add_argument("--run", required=True, metavar="OUT",
+                   help="a simulate --out folder run with --record-messages")
+    p.add_argument("--attribute-file", metavar="CSV", help="rows speaker,value (default: "
+                   "RAVDESS actor parity, or speakers.csv in the corpus folder)")
+    p.add_argument("--shadow-runs", type=int, default=4,
+                   help="shadow runs per fold (default 4)")
+    p.add_argument("--folds", type=int, default=2, help="folds over the peers (default 2)")
+    p.add_argument("--controls", type=int, default=10,
+                   help="repeats of the attack with the attribute shuffled (default 10)")
+    p.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("peer", help="run one networked peer (TCP or MQTT); peers differ "
                        "only by --id")
@@ -151,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the subcommand `args.command` (its module is imported only then)."""
+    if args.command == "attack":
+        from gossipser.cli import attack
+
+        return attack.cmd_attack(args)
     if args.command in ("peer", "server"):
         from gossipser.cli import deploy
 

@@ -20,6 +20,7 @@ from gossipser.data.synth import (
 )
 from gossipser.errors import CorpusError
 
+SPEAKER_SHEET = "speakers.csv"  # speaker,attribute rows of a corpus folder
 
 def utterance_counts(cfg: SynthConfig) -> np.ndarray:
     """(speakers, emotions) utterance counts: `per_emotion` everywhere, or uneven shards
@@ -70,4 +71,16 @@ def write_corpus(
                 done += 1
                 if progress is not None:
                     progress(done, total)
+    write_speaker_sheet(out_dir, speakers)
     return done
+
+
+def write_speaker_sheet(out_dir: Path, speakers) -> Path:
+    """`speakers.csv` (speaker,gender) beside the audio: what `gossipser attack` infers."""
+    path = Path(out_dir) / SPEAKER_SHEET
+    rows = "".join(f"{s.name},{'female' if s.female else 'male'}\n" for s in speakers)
+    try:
+        path.write_text("speaker,gender\n" + rows)
+    except OSError as exc:
+        raise CorpusError(f"synth: cannot write {path}: {exc.strerror}") from exc
+    return path

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.wire import encode
 from gossipser.learn.pool import TrainJob
 
+# sees every message a peer sends: (round, sender, destination, message); gossipser.privacy
+# records what an adversary would observe with one
+Tap = Callable[[int, int, int, Message], None]
 SIM_SECRET = b"simulator"  # frames are encoded only to measure their size on the wire
 
 CSV_COLUMNS = (
@@ -58,8 +61,11 @@ def consensus_distance_of(states: Sequence[Params], *, skip: frozenset[str] = fr
 
 
 class Simulator:
-    def __init__(self, setup: RunSetup, pool, *, listeners: Sequence[Listener] = ()) -> None:
+    def __init__(self, setup: RunSetup, pool, *, listeners: Sequence[Listener] = (),
+                 taps: Sequence[Tap] = ()) -> None:
         self.setup = setup
+        self.taps = list(taps)
+        self.round = 0
         self.private = setup.private
         self.cfg = setup.cfg
         self.pool = pool
@@ -97,6 +103,9 @@ class Simulator:
         queue = deque((sender, dest, msg) for dest, msg in outbox)
         while queue:
             src, dest, msg = queue.popleft()
+            if src != SERVER_ID:
+                for tap in self.taps:
+                    tap(self.round, src, dest, msg)
             self.bytes_sent[src] += self._size(msg)
             self.messages_sent += 1
             lost = self.cfg.drop > 0 and self.rng.random() < self.cfg.drop
@@ -118,6 +127,7 @@ class Simulator:
 
     def run_round(self, r: int) -> tuple[set[int], dict[int, float]]:
         n = len(self.peers)
+        self.round = r
         churn = self.cfg.churn
         online = {i for i in range(n) if not (churn > 0 and self.rng.random() < churn)}
         for p in self.peers:
