@@ -57,7 +57,9 @@ def test_write_corpus_uses_the_generic_layout(tmp_path: Path) -> None:
     # Assert
     files = sorted(tmp_path.rglob("*.wav"))
     assert written == len(files) == 8
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["angry", "sad"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["angry", "sad", "speakers.csv"]
+    # the speaker sheet: odd speakers male, as in RAVDESS (what `gossipser attack` infers)
+    assert (tmp_path / "speakers.csv").read_text() == "speaker,gender\nspk01,male\nspk02,female\n"
     for emotion in ("angry", "sad"):
         names = sorted(p.name for p in (tmp_path / emotion).iterdir())
         assert names == ["spk01_u000.wav", "spk01_u001.wav", "spk02_u000.wav", "spk02_u001.wav"]

@@ -1,2 +1,3 @@
-"""What shared weights reveal about a speaker: the messages an adversary observes (`record`)
-and an attribute-inference attack on them by shadow training (`attack`, `shadow`)."""
+"""privacy: what shared weights reveal about a speaker. The messages an adversary observes
+(`record`), each peer's speaker attribute (`attributes`), shadow runs (`shadow`) and the
+attribute-inference attack on them (`attack`)."""
