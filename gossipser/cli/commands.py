@@ -309,7 +309,9 @@ def cmd_simulate(args: Any) -> int:
         f"averaged model UA {f['ua_avg_model']:.3f}, WA mean {f['wa_mean']:.3f}, "
         f"macro-F1 mean {f['macro_f1_mean']:.3f}, consensus distance "
         f"{f['consensus_distance']:.3g}; {summary['bytes_sent_total'] / 1e6:.1f} MB sent "
-        f"(busiest node {summary['bytes_sent_max_peer'] / 1e6:.1f} MB) in {summary['wall_s']} s")
+        f"(busiest node {summary['bytes_sent_max_peer'] / 1e6:.1f} MB) in {summary['wall_s']} s"
+        + (f"; DP-SGD: epsilon {summary['epsilon_max']:.2f} at delta {summary['delta']:g} spent "
+           "by the worst peer" if "epsilon_max" in summary else ""))
     console.print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
     return 0
 
