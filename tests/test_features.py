@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from gossipser.data.audio import peak_normalize, read_audio, trim_silence
+from gossipser.data.dataset import load_dataset
 from gossipser.data.features import (
     FeatureConfig,
     MfccExtractor,
@@ -369,6 +370,28 @@ def test_second_load_comes_from_the_cache(tiny_corpus: Path, tmp_path: Path) -> 
     for a, b in zip(first.frames, second.frames, strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_corpus_named_by_another_path_shares_the_cache_and_keeps_its_spelling(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: the same files, once by absolute path and once relative to the working dir
+    cache = tmp_path / "cache"
+    monkeypatch.chdir(tiny_corpus.parent)
+    absolute = _corpus_files(tiny_corpus)
+    relative = [Path(tiny_corpus.name) / p.relative_to(tiny_corpus) for p in absolute]
+    load_or_extract(absolute, FeatureConfig(), cache_dir=cache)
+    first = load_dataset(tiny_corpus, cache_dir=cache)
+
+    # Execute
+    table, cached = load_or_extract(relative, FeatureConfig(), cache_dir=cache)
+    again = load_dataset(tiny_corpus.name, cache_dir=cache)  # crashed with a KeyError once
+
+    # Assert: one cache file each, and paths as this caller gave them
+    assert cached and len(list(cache.glob("mfcc-*.npz"))) == 2
+    assert table.paths == [str(p) for p in relative]
+    assert again.from_cache and len(again) == len(first)
+    assert not Path(again.paths[0]).is_absolute()
 
 
 def test_cache_keeps_the_failed_files(tiny_corpus: Path, tmp_path: Path) -> None:

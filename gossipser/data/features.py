@@ -251,12 +251,24 @@ def load_or_extract(
     file = cache_dir / f"mfcc-{cache_key(paths, cfg)}.npz"
     if file.exists():
         try:
-            return _read_cache(file, cfg), True
+            return _as_given(_read_cache(file, cfg), paths), True
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     table = extract(paths, cfg, progress=progress)
     _write_cache(file, table)
     return table, False
+
+
+def _as_given(table: FeatureTable, paths: Sequence[Path]) -> FeatureTable:
+    """The cached table with its paths spelled as the caller spelled them: the key holds
+    resolved paths, so `../data/x.wav` and `/abs/data/x.wav` share one cache file.
+    KeyError when the cache names a file that was not asked for."""
+    given = {str(Path(p).resolve()): str(p) for p in paths}
+
+    def spell(p: str) -> str:
+        return given[str(Path(p).resolve())]
+
+    return dataclasses.replace(table, paths=[spell(p) for p in table.paths])
 
 
 def _write_cache(file: Path, table: FeatureTable) -> None:
