@@ -141,3 +141,25 @@ def test_rank_auc_matches_the_definition() -> None:
     expected = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
     assert _auc(y, s) == pytest.approx(expected)
     assert np.isnan(_auc(np.ones(3, int), s[:3]))
+
+
+@pytest.mark.parametrize("algorithm", ["gradient-tracking", "push-sum", "pairwise", "fedavg"])
+def test_every_algorithm_can_be_recorded_and_attacked(voices: Path, tmp_path: Path,
+                                                      algorithm: str) -> None:
+    # Prepare: gradient tracking and push-sum send more than the model (trackers, weights)
+    out = tmp_path / "run"
+    _simulate(voices, out, "--algorithm", algorithm)
+
+    # Execute
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GOSSIPSER_CACHE", str(tmp_path / "cache"))
+        rc = main(["attack", "--run", str(out), "--shadow-runs", "2", "--workers", "1",
+                   "--controls", "0"])
+
+    # Assert: only model entries are recorded, and every peer was observed by someone
+    assert rc == 0
+    log = MessageLog.load(out / "messages.npz")
+    assert all("/" not in name for name in log.names)
+    result = json.loads((out / "attack.json").read_text())
+    assert result["targets"] == 14 and 0.0 <= result["auc"] <= 1.0
+    assert result["control_auc"] is None

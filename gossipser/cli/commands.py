@@ -285,7 +285,7 @@ def cmd_simulate(args: Any) -> int:
     if args.record_messages:
         from gossipser.privacy.record import MessageLog
 
-        taps.append(MessageLog(args.record_messages, setup.message_params()))
+        taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
     try:
         with make_pool(setup.pool_spec(), shards, workers=gcfg.workers) as pool:
             summary = Simulator(setup, pool, listeners=listeners, taps=taps).run()

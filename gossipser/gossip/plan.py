@@ -172,6 +172,10 @@ class RunSetup:
         return public(algorithm_class(self.cfg.algorithm)().message_params(self.init),
                       self.private)
 
+    def shared_model_names(self) -> list[str]:
+        """The model's parameter names that leave a peer (not private), in model order."""
+        return [k for k in self.init if k not in self.private]
+
     def make_server(self) -> FedAvgServer:
         return FedAvgServer(clients=range(self.n_peers), params=self.init, run=self.run_id,
                             fraction=self.cfg.fraction, rng=np.random.default_rng([self.seed, 8]))

@@ -54,7 +54,7 @@ def shadow_log(setup: RunSetup, peers: list[int], *, rounds: int, seed: int,
                fraction: float, workers: int) -> MessageLog:
     """What the shadow peers (ids 0..len(peers)-1, in `peers` order) send in `rounds` rounds."""
     shadow = shadow_setup(setup, peers, seed=seed, fraction=fraction)
-    log = MessageLog(rounds, setup.message_params())
+    log = MessageLog(rounds, setup.shared_model_names())
     shards = [shadow.shard(i) for i in range(shadow.n_peers)]
     steps = rounds * sum(shadow.local_steps(max(1, len(s.y) // setup.train.batch_size))
                          for s in shards)
