@@ -30,6 +30,7 @@ import soundfile as sf
 
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.data.features import prepare_signal
+from gossipser.errors import ConfigError
 from gossipser.gossip.message import Message
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.gossip.wire import MAGIC, decode, encode
@@ -40,6 +41,7 @@ from gossipser.net import runtime
 from gossipser.net.broker import Mosquitto, mosquitto_path
 from gossipser.net.node import NetworkConfig
 from gossipser.net.transport import MemoryHub
+from gossipser.privacy.record import MessageLog
 from gossipser.sim.simulator import Simulator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -522,3 +524,19 @@ async def test_private_layers_never_leave_a_peer(ds: Dataset, tmp_path: Path, tr
     sent0 = windows(b"".join(transports[0].sent))
     assert leaks(sent0, first[0]) == 0
     assert leaks(sent0, models[0].params["head.1.weight"]) > 0  # control
+
+
+async def test_a_peer_records_what_its_neighbours_sent_it(ds: Dataset, tmp_path: Path) -> None:
+    # Prepare: a ring of 4; [network] record_messages = 2
+    setup = make_setup(ds, "dpsgd")
+
+    # Execute
+    await run_network(setup, tcp_net(record_messages=2), tmp_path)
+
+    # Assert: peer 0 holds its two neighbours' models of rounds 1 and 2, nothing else
+    log = MessageLog.load(tmp_path / "peer-0" / "messages.npz")
+    assert set(log.sent) == {(r, j) for r in (1, 2) for j in setup.graph.neighbors(0)}
+    assert all(dests == [0] for dests in log.receivers.values())
+    assert log.names == set(setup.shared_model_names())
+    with pytest.raises(ConfigError, match="record_messages"):
+        NetworkConfig(record_messages=-1)

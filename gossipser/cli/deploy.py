@@ -76,6 +76,9 @@ def cmd_peer(args: Any) -> int:
     console.print(f"peer {args.id}: done, UA {f['ua']:.3f} WA {f['wa']:.3f} macro-F1 "
                   f"{f['macro_f1']:.3f}; sent {summary['bytes_sent'] / 1e6:.1f} MB; rejected "
                   f"{sum(summary['rejected'].values())} frames; wrote {out}")
+    if net.record_messages:
+        console.print(f"peer {args.id}: kept what its neighbours sent in rounds "
+                      f"1-{net.record_messages} in {out / 'messages.npz'}")
     return 0
 
 

@@ -39,11 +39,16 @@ class NetworkConfig:
     wait_timeout: float = 20.0  # longest wait for a neighbour's (or a client's) message
     send_timeout: float = 5.0
     start_timeout: float = 120.0  # longest wait for the neighbours to show up at start
+    # a peer keeps the models its neighbours sent it in rounds 1..N (OUT/messages.npz):
+    # what an honest-but-curious neighbour holds (gossipser.privacy.record); 0: nothing
+    record_messages: int = 0
 
     def __post_init__(self) -> None:
         check_types(self, "network")
         if self.transport not in ("tcp", "mqtt", "memory"):
             raise ConfigError(f"[network] transport must be tcp or mqtt, got {self.transport!r}")
+        if self.record_messages < 0:
+            raise ConfigError("[network] record_messages must be >= 0")
         for name in ("wait_timeout", "send_timeout", "start_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[network] {name} must be > 0 seconds")

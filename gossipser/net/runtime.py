@@ -29,6 +29,8 @@ from gossipser.learn.pool import SerialPool, TrainJob
 from gossipser.net.links import open_transport
 from gossipser.net.node import NetNode, NetworkConfig
 from gossipser.net.transport import MemoryHub, TransportConfig
+from gossipser.privacy.record import FILE as RECORD_FILE
+from gossipser.privacy.record import MessageLog
 
 Status = Callable[[dict], None]
 ROW_COLUMNS = ("round", "ua", "wa", "macro_f1", "loss", "age", "bytes_sent", "frames_received",
@@ -120,7 +122,12 @@ async def run_peer(
     pending: list[Message] = []
     busy = {"training": False, "global": 0}
 
+    log = (MessageLog(net.record_messages, setup.shared_model_names())
+           if net.record_messages else None)
+
     async def on_message(msg: Message) -> None:
+        if log is not None:  # what this neighbour learns of the others (checked frames only)
+            log(msg.round, msg.sender, pid, msg)
         if msg.kind == "fedavg_global":
             busy["global"] = max(busy["global"], msg.round)
         if busy["training"]:  # merged after local training, which started from a copy
@@ -187,6 +194,8 @@ async def run_peer(
     save_model(out, trainer.model, classes=setup.dataset.classes, features=setup.features,
                config=setup.model, extra={"peer": pid, "run": setup.run_id})
     final_scores = pool.evaluate([peer.params])[0]
+    if log is not None:
+        log.save(out / RECORD_FILE)
     summary = {"peer": pid, "run": setup.run_id, "algorithm": cfg.algorithm,
                "rounds": cfg.rounds, "rows": rows, "final": final_scores.to_dict(),
                "bytes_sent": node.transport.stats.bytes_sent, "rejected": _rejections(node),

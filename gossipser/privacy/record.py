@@ -33,8 +33,8 @@ class MessageLog:
         self.receivers: dict[tuple[int, int], list[int]] = {}
 
     def __call__(self, round_: int, sender: int, dest: int, msg: Message) -> None:
-        if not 1 <= round_ <= self.rounds:
-            return
+        if not 1 <= round_ <= self.rounds or not self.names & msg.params.keys():
+            return  # outside the recorded rounds, or no model in it (hello, acks)
         key = (round_, sender)
         if key not in self.sent:
             self.sent[key] = {k: np.array(v, dtype=np.float32) for k, v in msg.params.items()
