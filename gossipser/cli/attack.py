@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from gossipser.cli.commands import load_data
-from gossipser.cli.options import run_configs
+from gossipser.cli.options import NoFlags, run_configs
 from gossipser.config import build
 from gossipser.errors import ConfigError
 from gossipser.gossip.plan import GossipConfig, setup_run
@@ -22,13 +22,6 @@ from gossipser.ui.report import make_console
 ADVERSARY = ("an honest-but-curious neighbour of each target (the one that received most of "
              "its recorded messages; the FedAvg server for fedavg), or an eavesdropper on "
              "that link, which sees the same frames")
-
-
-class _Flags:
-    """The run's own settings, with no command-line overrides."""
-
-    def __getattr__(self, name: str) -> Any:
-        return None
 
 
 def _run_summary(run: Path) -> dict:
@@ -56,9 +49,9 @@ def cmd_attack(args: Any) -> int:
     doc = {"data": {"path": data["path"], "corpus": data["corpus"],
                     "emotions": data["emotions"]},
            "features": cfg["features"], "model": cfg["model"], "train": cfg["train"]}
-    features, model, train = run_configs(_Flags(), doc)
+    features, model, train = run_configs(NoFlags(), doc)
     gossip = build(GossipConfig, cfg["gossip"], {"workers": args.workers}, "gossip")
-    ds = load_data(_Flags(), doc, features, console)
+    ds = load_data(NoFlags(), doc, features, console)
     setup = setup_run(ds, cfg=gossip, model=model, train=train,
                       test_speakers=tuple(summary["test_speakers"]), seed=int(summary["seed"]))
     if set(log.senders()) - set(range(setup.n_peers)) or not log.names <= set(setup.init):

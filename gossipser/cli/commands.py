@@ -283,7 +283,7 @@ def cmd_simulate(args: Any) -> int:
     shards = [setup.shard(i) for i in range(setup.n_peers)]
     taps = []
     if args.record_messages:
-        from gossipser.privacy.record import MessageLog
+        from gossipser.privacy.record import FILE, MessageLog
 
         taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
     try:
@@ -299,9 +299,9 @@ def cmd_simulate(args: Any) -> int:
                    data={"path": str(ds.corpus.root), "corpus": ds.corpus.name,
                          "emotions": list(ds.classes)})
     for log in taps:
-        log.save(out / "messages.npz")
+        saved = log.save(out / FILE)
         console.print(f"recorded what the peers sent in rounds 1-{log.rounds} in "
-                      f"{out / 'messages.npz'} (gossipser attack --run {out})")
+                      f"{saved} (gossipser attack --run {out})")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     f = summary["final"]
     console.print(

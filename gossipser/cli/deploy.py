@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipser.cli.commands import speaker_list
-from gossipser.cli.options import data_config, run_configs
+from gossipser.cli.options import NoFlags, data_config, run_configs
 from gossipser.config import build, read_toml
 from gossipser.data.corpora import load_corpus
 from gossipser.data.dataset import load_dataset
@@ -16,6 +16,7 @@ from gossipser.errors import ConfigError
 from gossipser.gossip.message import SERVER_ID
 from gossipser.gossip.plan import GossipConfig, RunSetup, plan_run, setup_from_plan
 from gossipser.net.node import NetworkConfig
+from gossipser.privacy.record import FILE as RECORD_FILE
 from gossipser.ui.report import make_console
 
 
@@ -23,7 +24,7 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
                   console) -> tuple[RunSetup, NetworkConfig]:
     """Read the run config, plan the run from file names, load only what `pid` needs."""
     doc = read_toml(config)
-    features, model, train = run_configs(_NoFlags(), doc)
+    features, model, train = run_configs(NoFlags(), doc)
     gossip = build(GossipConfig, doc.get("gossip", {}), {}, "gossip")
     if fedavg:
         gossip = dataclasses.replace(gossip, algorithm="fedavg")
@@ -52,13 +53,6 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
     return setup_from_plan(ds, plan, model=model, train=train), net
 
 
-class _NoFlags:
-    """No command-line overrides: a networked run is defined by its config alone."""
-
-    def __getattr__(self, name: str) -> Any:
-        return None
-
-
 def cmd_peer(args: Any) -> int:
     from gossipser.net.runtime import run_peer
     from gossipser.ui.display import PeerStatusView
@@ -78,7 +72,7 @@ def cmd_peer(args: Any) -> int:
                   f"{sum(summary['rejected'].values())} frames; wrote {out}")
     if net.record_messages:
         console.print(f"peer {args.id}: kept what its neighbours sent in rounds "
-                      f"1-{net.record_messages} in {out / 'messages.npz'}")
+                      f"1-{net.record_messages} in {out / RECORD_FILE}")
     return 0
 
 

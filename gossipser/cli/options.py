@@ -27,6 +27,14 @@ class DataConfig:
         check_types(self, "data")
 
 
+class NoFlags:
+    """No command-line overrides: every setting comes from the config document (a networked
+    run, which its config alone defines; a recorded run read back by `gossipser attack`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return None
+
+
 def data_config(doc: dict[str, dict[str, Any]]) -> DataConfig:
     """The [data] section of a TOML doc, typed and checked."""
     return build(DataConfig, doc.get("data", {}), {}, "data")

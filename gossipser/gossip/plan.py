@@ -30,7 +30,7 @@ from gossipser.gossip.topology import build_topology
 from gossipser.learn.modelio import n_inputs
 from gossipser.learn.models import ModelConfig, build_model, get_state
 from gossipser.learn.pool import PoolSpec, Shard
-from gossipser.learn.train import TrainConfig
+from gossipser.learn.train import TrainConfig, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class RunSetup:
 
     def shard(self, pid: int) -> Shard:
         idx = self.parts[pid]
-        per_epoch = max(1, len(idx) // self.train.batch_size) if len(idx) >= 2 else 0
+        per_epoch = steps_per_epoch(len(idx), self.train.batch_size)
         planned = self.cfg.rounds * self.local_steps(per_epoch) if per_epoch else 0
         return Shard(peer=pid, x=self.dataset.inputs(self.model.view, idx),
                      y=self.dataset.labels[idx], seed=peer_seed(self.seed, pid),

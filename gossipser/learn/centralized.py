@@ -55,5 +55,4 @@ def train_centralized(
     scores = evaluate(model, x_test, y_test, len(ds.classes))
     return BaselineResult(model=model, scores=scores, losses=losses, history=history,
                           steps=trainer.steps_done, samples=trainer.samples_done,
-                          epsilon=trainer.epsilon,
-                          noise=None if trainer.private is None else trainer.private.noise)
+                          epsilon=trainer.epsilon, noise=trainer.noise)

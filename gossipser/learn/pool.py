@@ -88,7 +88,7 @@ class _Trainers:
         loss = t.train_steps(job.steps)
         return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps,
                            samples=t.samples_done - before, epsilon=t.epsilon,
-                           noise=None if t.private is None else t.private.noise)
+                           noise=t.noise)
 
     def evaluate(self, params: Params) -> Scores:
         set_state(self.eval_model, params)

@@ -58,6 +58,11 @@ class TrainConfig:
                           epsilon=self.dp_epsilon)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over `n` examples (none below two: no batch of one)."""
+    return max(1, n // batch_size) if n >= 2 else 0
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     """Inverse-frequency weights normalised to mean 1 over the classes present."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -107,12 +112,16 @@ class LocalTrainer:
         return None if self.private is None else self.private.epsilon()
 
     @property
+    def noise(self) -> float | None:
+        """The DP-SGD noise multiplier (None: training is not private)."""
+        return None if self.private is None else self.private.noise
+
+    @property
     def n_samples(self) -> int:
         return len(self.y)
 
     def steps_per_epoch(self) -> int:
-        n = self.n_samples
-        return max(1, n // self.cfg.batch_size) if n >= 2 else 0
+        return steps_per_epoch(self.n_samples, self.cfg.batch_size)
 
     def _batches(self, steps: int):
         """`steps` index batches drawn from fresh permutations; never a batch of one

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from gossipser.data.dataset import Dataset
+from gossipser.data.synth_corpus import SPEAKER_SHEET
 from gossipser.errors import ConfigError
-
-SHEET = "speakers.csv"
 
 
 def read_attribute_file(path: Path | str) -> dict[str, str]:
@@ -46,7 +45,7 @@ def default_attributes(ds: Dataset) -> tuple[dict[str, str], str]:
     if ds.corpus.name == "ravdess":
         return ({s: "male" if int(s) % 2 else "female" for s in ds.speaker_ids()},
                 "RAVDESS actor numbers (odd male, even female)")
-    sheet = Path(ds.corpus.root) / SHEET
+    sheet = Path(ds.corpus.root) / SPEAKER_SHEET
     if sheet.is_file():
         return read_attribute_file(sheet), str(sheet)
     raise ConfigError(f"no speaker attribute known for corpus {ds.corpus.name}: give "

@@ -19,6 +19,7 @@ from gossipser.gossip.mixing import mixing_matrix
 from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.topology import build_topology
 from gossipser.learn.pool import make_pool
+from gossipser.learn.train import steps_per_epoch
 from gossipser.privacy.record import MessageLog
 from gossipser.sim.simulator import Simulator
 
@@ -56,8 +57,8 @@ def shadow_log(setup: RunSetup, peers: list[int], *, rounds: int, seed: int,
     shadow = shadow_setup(setup, peers, seed=seed, fraction=fraction)
     log = MessageLog(rounds, setup.shared_model_names())
     shards = [shadow.shard(i) for i in range(shadow.n_peers)]
-    steps = rounds * sum(shadow.local_steps(max(1, len(s.y) // setup.train.batch_size))
-                         for s in shards)
+    steps = rounds * sum(shadow.local_steps(per_epoch) for s in shards
+                         if (per_epoch := steps_per_epoch(len(s.y), setup.train.batch_size)))
     # worker processes take seconds to start: worth it only for a few thousand steps
     workers = workers if steps >= PROCESS_STEPS else 1
     with make_pool(shadow.pool_spec(), shards, workers=workers) as pool:

@@ -237,6 +237,7 @@ class Simulator:
     def summary(self, wall_s: float) -> dict:
         last = self.rows[-1]
         peer_scores, avg_score = self.last_scores
+        privacy = self._privacy()
         return {
             **self.setup.describe(), "wall_s": round(wall_s, 2),
             "bytes_sent_total": int(sum(self.bytes_sent.values())),
@@ -248,7 +249,7 @@ class Simulator:
             "local_steps_per_round": self.setup.local_steps(
                 int(np.median(list(self.steps_per_epoch.values()) or [0]))),
             "stopped": self.stopped,
-            **self._privacy(),
+            **privacy,
             "final": {
                 "ua_mean": last["ua_mean"], "ua_min": last["ua_min"], "ua_max": last["ua_max"],
                 "wa_mean": last["wa_mean"], "macro_f1_mean": last["macro_f1_mean"],
@@ -257,8 +258,7 @@ class Simulator:
                 "consensus_distance": last["consensus_distance"],
                 "confusion_avg_model": avg_score.confusion.tolist(),
                 "ua_per_peer": [s.ua for s in peer_scores],
-                **({"epsilon": max(self.epsilon.values(), default=0.0)}
-                   if self.setup.train.dp is not None else {}),
+                **({"epsilon": privacy["epsilon_max"]} if privacy else {}),
             },
         }
 
