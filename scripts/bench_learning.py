@@ -48,11 +48,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", metavar="DIR", help="corpus folder (default: synthetic corpus)")
     p.add_argument("--corpus", help="naming convention (default auto)")
     p.add_argument("--emotions", help="class subset")
+    p.add_argument("--iemocap-improvised-only", action="store_true", default=None,
+                   help="IEMOCAP: improvised dialogs only")
     p.add_argument("--cache-dir", metavar="DIR")
     p.add_argument("--config", metavar="FILE.toml", help="run config (flags override it)")
     p.add_argument("--out", required=True, metavar="DIR")
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--folds", type=int, metavar="K", help="K-fold by speaker")
+    split.add_argument("--folds", type=int, metavar="K",
+                       help="K-fold by speaker (by session on IEMOCAP)")
     split.add_argument("--test-speakers", metavar="LIST")
     p.add_argument("--seeds", default="0,1,2", metavar="LIST")
     p.add_argument("--topology", default="regular:4", help="default regular:4")

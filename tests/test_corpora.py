@@ -279,8 +279,8 @@ def test_explicit_convention_matching_nothing_is_an_error(tmp_path):
 
 def test_bad_corpus_name_or_folder(tmp_path):
     # Execute / Assert
-    with pytest.raises(ConfigError, match="auto, ravdess, cremad, tess, emodb, generic"):
-        load_corpus(tmp_path, corpus="iemocap")
+    with pytest.raises(ConfigError, match="auto, ravdess, cremad, tess, emodb, generic, iemocap"):
+        load_corpus(tmp_path, corpus="savee")
     with pytest.raises(CorpusError, match="not found"):
         load_corpus(tmp_path / "missing")
 

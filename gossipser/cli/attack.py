@@ -47,7 +47,8 @@ def cmd_attack(args: Any) -> int:
     cfg = summary["config"]
     data = summary["data"]
     doc = {"data": {"path": data["path"], "corpus": data["corpus"],
-                    "emotions": data["emotions"]},
+                    "emotions": data.get("emotion_set") or data["emotions"],
+                    "iemocap_improvised_only": bool(data.get("iemocap_improvised_only"))},
            "features": cfg["features"], "model": cfg["model"], "train": cfg["train"]}
     features, model, train = run_configs(NoFlags(), doc)
     gossip = build(GossipConfig, cfg["gossip"], {"workers": args.workers}, "gossip")

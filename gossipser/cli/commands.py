@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ from rich.markup import escape
 from gossipser.cli.options import data_config, run_configs
 from gossipser.config import read_toml
 from gossipser.data.corpora import parse_emotions
-from gossipser.data.dataset import Dataset, load_dataset, speaker_folds, split_by_speakers
+from gossipser.data.dataset import (
+    Dataset,
+    folds_by_session,
+    load_dataset,
+    session_groups,
+    speaker_folds,
+    split_by_speakers,
+)
 from gossipser.data.features import (
     FeatureConfig,
     add_deltas,
@@ -50,6 +58,15 @@ def synthetic_corpus(cache_dir: Path | None, console) -> Path:
     return root
 
 
+def data_choice(args: Any, doc: dict) -> dict[str, Any]:
+    """Which part of which corpus a run reads: flags over the [data] section."""
+    data = data_config(doc)
+    return {"corpus": getattr(args, "corpus", None) or data.corpus,
+            "emotions": getattr(args, "emotions", None) or data.emotions,
+            "improvised_only": bool(getattr(args, "iemocap_improvised_only", None)
+                                    or data.iemocap_improvised_only)}
+
+
 def load_data(args: Any, doc: dict, features: FeatureConfig, console) -> Dataset:
     """The dataset named by --data / [data].path, or the synthetic default; prints what it did."""
     data = data_config(doc)
@@ -58,29 +75,40 @@ def load_data(args: Any, doc: dict, features: FeatureConfig, console) -> Dataset
     if root is None:
         root = synthetic_corpus(cache_dir, console)
         console.print(f"corpus: synthetic (generated speech-like audio) at {root}")
-    corpus = getattr(args, "corpus", None) or data.corpus
-    emotions = getattr(args, "emotions", None) or data.emotions
+    choice = data_choice(args, doc)
     with progress(console, "extracting MFCC", 1, every=500) as update:
-        ds = load_dataset(root, corpus=corpus, emotions=emotions, features=features,
+        ds = load_dataset(root, **choice, features=features,
                           cache_dir=Path(cache_dir) if cache_dir else None, progress=update)
     c = ds.corpus
-    how = "auto-detected" if corpus == "auto" else "given"
+    how = "auto-detected" if choice["corpus"] == "auto" else "given"
     console.print(
         f"corpus: {c.name} ({how}) at {c.root}: {len(ds)} utterances, "
         f"{len(ds.speaker_ids())} speakers, {len(ds.classes)} classes ({', '.join(ds.classes)})"
         + ("; features from cache" if ds.from_cache else "")
     )
-    for note in (c.skipped_summary(), ds.failed_summary()):
+    merged = "".join(f" ({src} merged into {dst})" for src, dst in c.merged)
+    console.print("found: " + ", ".join(f"{e} {n}" for e, n in c.counts().items()) + merged)
+    if c.sessions:
+        per = Counter(u.session for u in c.utterances)
+        kinds = Counter(u.recording for u in c.utterances if u.recording)
+        console.print("sessions: " + ", ".join(f"{s} {per[s]}" for s in c.sessions) + "; "
+                      + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+                      + (" (improvised only)" if choice["improvised_only"] else ""))
+    for note in (*c.notes, c.skipped_summary(), ds.failed_summary()):
         if note:
-            console.print(f"[yellow]warning:[/] {note}")
+            console.print(f"[yellow]warning:[/] {escape(note)}")
     return ds
 
 
 def default_test_speakers(ds: Dataset) -> tuple[str, ...]:
-    """RAVDESS: actors 21-24 (the literature's split); otherwise the last sixth of speakers."""
+    """RAVDESS: actors 21-24 (the literature's split); a corpus with sessions (IEMOCAP): the
+    last session; otherwise the last sixth of speakers."""
     spk = ds.speaker_ids()
     if ds.corpus.name == "ravdess" and {"21", "22", "23", "24"} <= set(spk):
         return ("21", "22", "23", "24")
+    sessions = session_groups(ds)
+    if len(sessions) >= 2:
+        return list(sessions.values())[-1]
     return spk[-max(1, len(spk) // 6):]
 
 
@@ -137,8 +165,17 @@ def cmd_train(args: Any) -> int:
                      if train_cfg.dp is not None else ""))
     if args.folds and args.test_speakers:
         raise ConfigError("give --folds or --test-speakers, not both")
-    test_sets = speaker_folds(ds, args.folds) if args.folds else [
-        resolve_test_speakers(args.test_speakers, doc, ds)]
+    n_folds = args.folds
+    sessions = session_groups(ds)
+    if not n_folds and len(sessions) >= 2 and not (args.test_speakers
+                                                    or data_config(doc).test_speakers):
+        n_folds = len(sessions)  # the literature's protocol on IEMOCAP: leave-one-session-out
+    if n_folds and folds_by_session(ds, n_folds):
+        loso = " (leave-one-session-out)" if n_folds == len(sessions) else ""
+        how = "" if args.folds else "; --test-speakers for a single split"
+        console.print(f"{n_folds} folds by session{loso}{how}")
+    test_sets = (speaker_folds(ds, n_folds) if n_folds
+                 else [resolve_test_speakers(args.test_speakers, doc, ds)])
     out = Path(args.out)
     rows: list[tuple[str, Scores]] = []
     folds = []
@@ -168,6 +205,8 @@ def cmd_train(args: Any) -> int:
             for m in ("ua", "wa", "macro_f1", "macro_precision", "macro_recall")}
     summary = {
         "command": "train", "corpus": ds.corpus.name, "data": str(ds.corpus.root),
+        "emotion_set": data_choice(args, doc)["emotions"],
+        "iemocap_improvised_only": data_choice(args, doc)["improvised_only"],
         "model": model_cfg.kind, "parameters": n_params, "seed": args.seed,
         **mean, "classes": list(ds.classes), "confusion": total.confusion.tolist(),
         "folds": folds, "wall_s": round(time.perf_counter() - t0, 2),
@@ -271,8 +310,10 @@ def cmd_simulate(args: Any) -> int:
     gcfg = gossip_config(args, doc)
     ds = load_data(args, doc, features, console)
     test = resolve_test_speakers(args.test_speakers, doc, ds)
+    choice = data_choice(args, doc)
     setup = setup_run(ds, cfg=gcfg, model=model_cfg, train=train_cfg, test_speakers=test,
                       seed=args.seed)
+    console.print(f"testing on speakers {', '.join(test)} ({len(setup.test_idx)} utterances)")
     out = Path(args.out)
     display = args.display or ("live" if console.is_terminal else "plain")
     listeners = [MetricsWriter(out / "metrics.csv", CSV_COLUMNS)]
@@ -297,7 +338,10 @@ def cmd_simulate(args: Any) -> int:
                            "train": train_cfg.to_dict(), "features": features.to_dict()},
                    test_speakers=list(test),
                    data={"path": str(ds.corpus.root), "corpus": ds.corpus.name,
-                         "emotions": list(ds.classes)})
+                         "emotions": list(ds.classes),
+                         # what selected them (a named set may merge), for `gossipser attack`
+                         "emotion_set": choice["emotions"],
+                         "iemocap_improvised_only": choice["improvised_only"]})
     for log in taps:
         saved = log.save(out / FILE)
         console.print(f"recorded what the peers sent in rounds 1-{log.rounds} in "

@@ -38,7 +38,8 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
         raise ConfigError(f"{config}: [data] test_speakers is missing (e.g. [\"21\", \"22\"])")
     test = speaker_list(test)
     seed = d.seed
-    corpus = load_corpus(root, corpus=d.corpus, emotions=d.emotions)
+    corpus = load_corpus(root, corpus=d.corpus, emotions=d.emotions,
+                         improvised_only=d.iemocap_improvised_only)
     plan = plan_run(corpus, cfg=gossip, test_speakers=test, seed=seed, run_id=d.run)
     needed = plan.needed_by(pid)
     console.print(f"run {plan.run_id}: {gossip.algorithm}, {len(plan.peer_paths)} peers, "
@@ -46,6 +47,7 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
                   f"{len(plan.needed_by(pid)) - len(plan.test_paths)} own and "
                   f"{len(plan.test_paths)} evaluation utterances")
     ds = load_dataset(root, corpus=corpus.name, emotions=d.emotions, features=features,
+                      improvised_only=d.iemocap_improvised_only,
                       cache_dir=Path(d.cache_dir) if d.cache_dir else None,
                       keep=lambda u: str(u.path) in needed)
     if ds.failed_summary():

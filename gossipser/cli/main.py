@@ -17,8 +17,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="DIR",
                    help="corpus folder (default: the bundled synthetic corpus, generated once)")
     g.add_argument("--corpus", default="auto",
-                   help="naming convention: auto, ravdess, cremad, tess, emodb, generic")
-    g.add_argument("--emotions", help="class subset, e.g. neutral,happy,sad,angry or shared4, five")
+                   help="auto, ravdess, cremad, tess, emodb, generic, iemocap")
+    g.add_argument("--emotions", help="class subset, e.g. neutral,happy,sad,angry or shared4, "
+                   "five, iemocap4 (IEMOCAP's four classes, excited merged into happy)")
+    g.add_argument("--iemocap-improvised-only", action="store_true", default=None,
+                   help="IEMOCAP: keep the improvised dialogs, drop the scripted ones")
     g.add_argument("--n-mfcc", type=int, help="MFCC coefficients (default 13)")
     g.add_argument("--deltas", type=int, choices=(0, 1, 2), help="append deltas (default 0)")
     g.add_argument("--frame-ms", type=float, help="frame length in ms (default 20)")
@@ -77,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_model_args(p)
     p.add_argument("--test-speakers", metavar="LIST",
-                   help="held-out speakers, e.g. 21,22,23,24 (default: the last sixth)")
-    p.add_argument("--folds", type=int, help="K-fold cross-validation by speaker instead")
+                   help="held-out speakers, e.g. 21,22,23,24 or an IEMOCAP session, Ses05 "
+                   "(default: the last sixth; IEMOCAP: leave-one-session-out folds)")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation by speaker instead (by "
+                   "session where the corpus has sessions)")
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = sub.add_parser("predict", help="predict the emotion of audio files with a saved model")
@@ -113,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last or module names "
                    "(e.g. features.0.0), comma-separated")
-    p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers")
+    p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers (default: the "
+                   "last sixth; IEMOCAP: the last session)")
     p.add_argument("--record-messages", type=int, default=0, metavar="ROUNDS",
                    help="keep what every peer sends in the first ROUNDS rounds "
                    "(OUT/messages.npz, for gossipser attack)")

@@ -19,6 +19,7 @@ class DataConfig:
     corpus: str = "auto"  # loader name, or auto-detect
     emotions: str | list[str] | None = None  # a named set, "a,b,c" or a list
     test_speakers: str | list | None = None  # "21,22" or a list of names/numbers
+    iemocap_improvised_only: bool = False  # IEMOCAP: keep the improvised dialogs only
     cache_dir: str | None = None  # feature cache
     seed: int = 0  # `gossipser peer`/`server`: the run seed every process shares
     run: str | None = None  # `gossipser peer`/`server`: run id (default: from seed and config)

@@ -1,56 +1,39 @@
 """Corpus loaders: find audio files under a folder and read speaker and emotion from their names.
 
 Each corpus is recognised by its file-name convention, never by folder names (the `generic`
-convention alone reads the emotion from the parent folder). No audio file is opened here.
+convention alone reads the emotion from the parent folder), except IEMOCAP, whose labels sit in
+separate files and whose release layout is recognised instead (see `iemocap`). No audio file
+is opened here.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import MappingProxyType
 
+from gossipser.data import iemocap
+from gossipser.data.conventions import CONVENTIONS
+from gossipser.data.emotions import emotion_merges, parse_emotions
 from gossipser.errors import ConfigError, CorpusError
 
-CANONICAL_EMOTIONS: tuple[str, ...] = (
-    "neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom",
-)  # fmt: skip
 # Order is the preference when one folder holds the same stem with several extensions.
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
-
-_SYNONYMS: Mapping[str, str] = MappingProxyType(
-    {e: e for e in CANONICAL_EMOTIONS}
-    | {
-        "anger": "angry",
-        "fear": "fearful",
-        "happiness": "happy",
-        "sadness": "sad",
-        "surprise": "surprised",
-        "disgusted": "disgust",
-        "bored": "boredom",
-    }
-)
-
-NAMED_EMOTION_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "shared4": ("neutral", "happy", "sad", "angry"),
-        "five": ("neutral", "happy", "sad", "angry", "fearful"),
-    }
-)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Utterance:
-    """One audio file with the speaker and canonical emotion its name encodes."""
+    """One audio file with its speaker and canonical emotion (from its name, or for IEMOCAP
+    from the label files), and the session and kind of recording where the corpus has them."""
 
     path: Path
     speaker: str
     emotion: str
     corpus: str
+    session: str | None = None  # recording session, where the corpus has them (IEMOCAP)
+    recording: str | None = None  # "improvised" or "scripted" (IEMOCAP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,12 +44,17 @@ class Corpus:
     root: Path
     utterances: tuple[Utterance, ...]
     classes: tuple[str, ...]
-    skipped: tuple[Path, ...] = ()  # audio files whose names do not follow the convention
+    skipped: tuple[Path, ...] = ()  # audio files that could not be labelled
+    skip_reasons: tuple[str, ...] = ()  # why each was skipped, when that varies (IEMOCAP)
+    notes: tuple[str, ...] = ()  # one-line warnings about the folder (an unreadable label file)
+    merged: tuple[tuple[str, str], ...] = ()  # classes folded into others: (from, into)
 
     def __post_init__(self) -> None:
         stray = {u.emotion for u in self.utterances} - set(self.classes)
         if stray or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes {self.classes} do not cover emotions {sorted(stray)}")
+        if self.skip_reasons and len(self.skip_reasons) != len(self.skipped):
+            raise ValueError("skip_reasons must give one reason per skipped file")
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -78,138 +66,38 @@ class Corpus:
         n = Counter(u.emotion for u in self.utterances)
         return {e: n[e] for e in self.classes}
 
+    @property
+    def sessions(self) -> dict[str, tuple[str, ...]]:
+        """Session -> its speakers, in order; {} unless every utterance names a session and
+        no speaker spans two (then a session is a set of speakers, and folds can use it)."""
+        of: dict[str, set[str]] = {}
+        for u in self.utterances:
+            if u.session is None:
+                return {}
+            of.setdefault(u.speaker, set()).add(u.session)
+        if any(len(s) > 1 for s in of.values()):
+            return {}
+        out: dict[str, list[str]] = {}
+        for spk in self.speakers:
+            out.setdefault(next(iter(of[spk])), []).append(spk)
+        return {s: tuple(out[s]) for s in sorted(out, key=_speaker_key)}
+
     def skipped_summary(self, limit: int = 3) -> str:
-        """'' when nothing was skipped, else 'skipped N files (first: a, b, c)'."""
+        """'' when nothing was skipped, else 'skipped N files (first: a, b, c)', or with reasons
+        'skipped N files: 2 labelled xxx (first: a, b); 1 with no label line (first: c)'."""
         if not self.skipped:
             return ""
-        first = ", ".join(_show(p, self.root) for p in self.skipped[:limit])
         noun = "file" if len(self.skipped) == 1 else "files"
-        return f"skipped {len(self.skipped)} {noun} (first: {first})"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Convention:
-    """A file-name convention: `parse(path)` gives (speaker, emotion) or None."""
-
-    name: str
-    example: str
-    classes: tuple[str, ...]
-    parse: Callable[[Path], tuple[str, str] | None]
-
-
-def _canonical(*names: str) -> tuple[str, ...]:
-    return tuple(e for e in CANONICAL_EMOTIONS if e in names)
-
-
-# 03-01-EE-II-SS-RR-AA: modality 01 (audio+video) or 03 (audio); 02 is video-only, so no audio.
-_RAVDESS = re.compile(r"(0[13])-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(0[1-9]|1\d|2[0-4])")
-_RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
-
-
-def _parse_ravdess(path: Path) -> tuple[str, str] | None:
-    m = _RAVDESS.fullmatch(path.stem)
-    if m is None:
-        return None
-    return m.group(7), _RAVDESS_EMOTIONS[int(m.group(3)) - 1]
-
-
-_CREMAD = re.compile(
-    r"(100[1-9]|10[1-8]\d|109[01])_(IEO|TIE|IOM|IWW|TAI|MTI|IWL|ITH|DFA|ITS|TSI|WSI)"
-    r"_(ANG|DIS|FEA|HAP|NEU|SAD)_(LO|MD|HI|XX|X)"
-)
-_CREMAD_EMOTIONS = {
-    "ANG": "angry", "DIS": "disgust", "FEA": "fearful",
-    "HAP": "happy", "NEU": "neutral", "SAD": "sad",
-}  # fmt: skip
-
-
-def _parse_cremad(path: Path) -> tuple[str, str] | None:
-    m = _CREMAD.fullmatch(path.stem)
-    if m is None:
-        return None
-    return m.group(1), _CREMAD_EMOTIONS[m.group(3)]
-
-
-# TESS copies differ in case ('Fear') and spell pleasant surprise three ways.
-_TESS = re.compile(
-    r"(OAF|YAF)_([a-z]+)_(angry|disgust|fear|happy|neutral|sad|ps|pleasant_surprised?)",
-    re.IGNORECASE,
-)
-_TESS_EMOTIONS = {
-    "angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": "happy",
-    "neutral": "neutral", "sad": "sad", "ps": "surprised",
-    "pleasant_surprise": "surprised", "pleasant_surprised": "surprised",
-}  # fmt: skip
-
-
-def _parse_tess(path: Path) -> tuple[str, str] | None:
-    m = _TESS.fullmatch(path.stem)
-    if m is None:
-        return None
-    return m.group(1).upper(), _TESS_EMOTIONS[m.group(3).lower()]
-
-
-# Speaker, text a01..b10, emotion letter (German initial), optional version letter.
-_EMODB = re.compile(r"(03|08|09|1[0-6])([ab](?:0[1-9]|10))([WLEAFTN])([a-z]?)")
-_EMODB_EMOTIONS = {
-    "W": "angry", "L": "boredom", "E": "disgust", "A": "fearful",
-    "F": "happy", "T": "sad", "N": "neutral",
-}  # fmt: skip
-
-
-def _parse_emodb(path: Path) -> tuple[str, str] | None:
-    m = _EMODB.fullmatch(path.stem)
-    if m is None:
-        return None
-    return m.group(1), _EMODB_EMOTIONS[m.group(3)]
-
-
-_GENERIC = re.compile(r"([^_\s]+)_.+")
-
-
-def _parse_generic(path: Path) -> tuple[str, str] | None:
-    emotion = _SYNONYMS.get(path.parent.name.lower())
-    m = _GENERIC.fullmatch(path.stem)
-    if emotion is None or m is None:
-        return None
-    return m.group(1), emotion
-
-
-# Insertion order is the priority when auto-detection ties: generic comes last.
-CONVENTIONS: Mapping[str, Convention] = MappingProxyType(
-    {
-        "ravdess": Convention(
-            name="ravdess",
-            example="03-01-05-01-02-01-12.wav",
-            classes=_RAVDESS_EMOTIONS,
-            parse=_parse_ravdess,
-        ),
-        "cremad": Convention(
-            name="cremad",
-            example="1001_DFA_ANG_XX.wav",
-            classes=_canonical(*_CREMAD_EMOTIONS.values()),
-            parse=_parse_cremad,
-        ),
-        "tess": Convention(
-            name="tess",
-            example="OAF_back_angry.wav",
-            classes=_canonical(*_TESS_EMOTIONS.values()),
-            parse=_parse_tess,
-        ),
-        "emodb": Convention(
-            name="emodb",
-            example="03a01Fa.wav",
-            classes=_canonical(*_EMODB_EMOTIONS.values()),
-            parse=_parse_emodb,
-        ),
-        "generic": Convention(
-            name="generic",
-            example="angry/spk1_001.wav",
-            classes=CANONICAL_EMOTIONS,
-            parse=_parse_generic,
-        ),
-    }
-)
+        if not self.skip_reasons:
+            first = ", ".join(_show(p, self.root) for p in self.skipped[:limit])
+            return f"skipped {len(self.skipped)} {noun} (first: {first})"
+        by_reason: dict[str, list[Path]] = {}
+        for path, reason in zip(self.skipped, self.skip_reasons, strict=True):
+            by_reason.setdefault(reason, []).append(path)
+        parts = [f"{len(paths)} {reason} (first: "
+                 f"{', '.join(_show(p, self.root) for p in paths[:limit])})"
+                 for reason, paths in by_reason.items()]
+        return f"skipped {len(self.skipped)} {noun}: {'; '.join(parts)}"
 
 
 def find_audio_files(root: Path) -> list[Path]:
@@ -254,7 +142,8 @@ def detect_convention(files: Sequence[Path], *, root: Path | None = None) -> str
         return best
     convs = CONVENTIONS.values()
     example = next((f for f in files if all(c.parse(f) is None for c in convs)), files[0])
-    tried = ", ".join(f"{c.name} ({c.example})" for c in convs)
+    tried = ", ".join([*(f"{c.name} ({c.example})" for c in convs),
+                       f"iemocap ({iemocap.EXAMPLE})"])
     raise CorpusError(
         f"cannot recognise the corpus{where}: no naming convention matches half of its "
         f"{len(files)} audio files (best: {best}, {matched[best]}); tried {tried}; "
@@ -262,32 +151,54 @@ def detect_convention(files: Sequence[Path], *, root: Path | None = None) -> str
     )
 
 
+CORPUS_NAMES: tuple[str, ...] = ("auto", *CONVENTIONS, "iemocap")
+
+
 def load_corpus(
     root: Path | str,
     *,
     corpus: str = "auto",
     emotions: Sequence[str] | str | None = None,
+    improvised_only: bool = False,
 ) -> Corpus:
-    """Scan `root` for audio files and parse them with the named (or detected) convention.
+    """Scan `root` for audio files and label them by the named (or detected) corpus.
 
-    Files that do not follow the convention land in `Corpus.skipped`. `emotions` keeps only
-    those classes (see parse_emotions). Raises ConfigError for a bad name or emotion, and
-    CorpusError when the folder holds no usable files.
+    An IEMOCAP release is recognised by its layout, the others by their file names. Files that
+    cannot be labelled land in `Corpus.skipped`. `emotions` keeps only those classes (see
+    parse_emotions; a named set may merge classes first). `improvised_only` keeps IEMOCAP's
+    improvised dialogs. Raises ConfigError for a bad name or emotion, and CorpusError when the
+    folder holds no usable files.
     """
     name = corpus.strip().lower()
-    if name != "auto" and name not in CONVENTIONS:
-        valid = ", ".join(("auto", *CONVENTIONS))
-        raise ConfigError(f"unknown corpus {corpus!r}; choose one of {valid}")
+    if name not in CORPUS_NAMES:
+        raise ConfigError(f"unknown corpus {corpus!r}; choose one of {', '.join(CORPUS_NAMES)}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CorpusError(f"corpus folder not found: {root}")
+    if name == "iemocap" or (name == "auto" and iemocap.audio_folders(root)):
+        found = _label_iemocap(root)
+    else:
+        found = _label_by_names(root, name)
+    utterances = found.utterances
+    if improvised_only:
+        if found.name != "iemocap":
+            raise ConfigError(f"improvised-only selects IEMOCAP's improvised dialogs; the "
+                              f"corpus under {root} is {found.name}")
+        utterances = tuple(u for u in utterances if u.recording == "improvised")
+        if not utterances:
+            raise CorpusError(f"no improvised IEMOCAP utterance under {root}")
+    return _select(replace(found, utterances=utterances), emotions)
+
+
+def _label_by_names(root: Path, name: str) -> Corpus:
+    """Every audio file under `root` labelled by the `name` file-name convention (or the
+    detected one); files that do not follow it are skipped."""
     files = find_audio_files(root)
     if name == "auto":
         name = detect_convention(files, root=root)
     elif not files:
         raise CorpusError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {root}")
     convention = CONVENTIONS[name]
-
     utterances: list[Utterance] = []
     skipped: list[Path] = []
     for path in files:
@@ -303,65 +214,67 @@ def load_corpus(
             f"no file under {root} follows the {name} naming ({convention.example}); "
             f"example file found: {_show(files[0], root)}"
         )
+    return Corpus(name=name, root=root, utterances=tuple(utterances),
+                  classes=convention.classes, skipped=tuple(skipped))
 
+
+def _label_iemocap(root: Path) -> Corpus:
+    """The utterances of an IEMOCAP release, labelled from its EmoEvaluation files."""
+    folders = iemocap.audio_folders(root)
+    if not folders:
+        raise CorpusError(f"no IEMOCAP session folders under {root} (expected "
+                          f"{iemocap.EXAMPLE})")
+    files = [f for folder in folders for f in find_audio_files(folder)]
+    if not files:
+        raise CorpusError(f"no audio files under {root}/Session*/sentences/wav")
+    release = iemocap.label_release(root, files)
+    utterances = tuple(
+        Utterance(path=u.path, speaker=u.speaker, emotion=u.emotion, corpus="iemocap",
+                  session=u.session, recording=u.recording)
+        for u in release.labelled)
+    corpus = Corpus(name="iemocap", root=root, utterances=utterances, classes=iemocap.CLASSES,
+                    skipped=tuple(p for p, _ in release.skipped),
+                    skip_reasons=tuple(r for _, r in release.skipped), notes=release.notes)
+    if not utterances:
+        raise CorpusError(f"no labelled IEMOCAP utterance under {root}: "
+                          f"{corpus.skipped_summary()}")
+    return corpus
+
+
+def _select(corpus: Corpus, emotions: Sequence[str] | str | None) -> Corpus:
+    """`corpus` with the classes `emotions` names, after the merges it implies; its classes
+    are those it holds, in the convention's order."""
+    merges = emotion_merges(emotions)
+    held = {u.emotion for u in corpus.utterances}
+    merged = tuple((src, dst) for src, dst in merges.items() if src in held)
+    utterances = [replace(u, emotion=merges[u.emotion]) if u.emotion in merges else u
+                  for u in corpus.utterances]
     found = {u.emotion for u in utterances}
-    classes = tuple(e for e in convention.classes if e in found)
+    classes = tuple(e for e in corpus.classes if e in found)
     selected = parse_emotions(emotions, classes=classes)
     if selected is not None:
         missing = [e for e in selected if e not in found]
         if missing:
             raise ConfigError(
-                f"the {name} corpus under {root} has no {', '.join(missing)}; "
+                f"the {corpus.name} corpus under {corpus.root} has no {', '.join(missing)}; "
                 f"its classes: {', '.join(classes)}"
             )
         utterances = [u for u in utterances if u.emotion in selected]
         classes = selected
-    return Corpus(
-        name=name,
-        root=root,
-        utterances=tuple(utterances),
-        classes=classes,
-        skipped=tuple(skipped),
-    )
-
-
-def parse_emotions(
-    spec: str | Sequence[str] | None, *, classes: Sequence[str] | None = None
-) -> tuple[str, ...] | None:
-    """Canonical emotions named by `spec` ('neutral,happy', ['fear'], 'shared4', 'five').
-
-    Returns them in canonical order, or None (no filter) for None or 'all'. Unknown names raise
-    ConfigError listing `classes` (the corpus's classes; all canonical names when not given).
-    """
-    if spec is None:
-        return None
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [str(item).strip().lower() for item in items if str(item).strip()]
-    if not names:
-        raise ConfigError("no emotions given; name some (e.g. 'neutral,happy') or 'all'")
-    if "all" in names:
-        return None
-    chosen: set[str] = set()
-    for item in names:
-        if item in NAMED_EMOTION_SETS:
-            chosen.update(NAMED_EMOTION_SETS[item])
-        elif item in _SYNONYMS:
-            chosen.add(_SYNONYMS[item])
-        else:
-            known = ", ".join(classes if classes is not None else CANONICAL_EMOTIONS)
-            sets = ", ".join(NAMED_EMOTION_SETS)
-            raise ConfigError(f"unknown emotion {item!r}; choose from {known} or a set ({sets})")
-    return tuple(e for e in CANONICAL_EMOTIONS if e in chosen)
+    return replace(corpus, utterances=tuple(utterances), classes=classes,
+                   merged=tuple((s, d) for s, d in merged if d in classes))
 
 
 def normalize_speaker_ids(ids: str | Iterable[str], corpus: Corpus) -> tuple[str, ...]:
     """The corpus's own spelling of user-given speaker ids ('1' -> '01', 'oaf' -> 'OAF').
 
-    `ids` is a comma-separated string or a sequence; order is kept and repeats dropped.
+    `ids` is a comma-separated string or a sequence; order is kept and repeats dropped. Where
+    the corpus has sessions, a session name stands for its speakers ('Ses05' -> Ses05F, Ses05M).
     Raises ConfigError for an id the corpus lacks or one that matches several speakers.
     """
     items = ids.split(",") if isinstance(ids, str) else list(ids)
     known = corpus.speakers
+    sessions = {s.lower(): spk for s, spk in corpus.sessions.items()}
     out: list[str] = []
     for raw in (str(item).strip() for item in items):
         if not raw:
@@ -372,10 +285,14 @@ def normalize_speaker_ids(ids: str | Iterable[str], corpus: Corpus) -> tuple[str
             hits = [s for s in known if s.lower() == raw.lower()]
             if not hits and raw.isdigit():
                 hits = [s for s in known if s.isdigit() and int(s) == int(raw)]
+            if not hits and raw.lower() in sessions:
+                out.extend(s for s in sessions[raw.lower()] if s not in out)
+                continue
         if len(hits) != 1:
             problem = "matches several" if hits else "not among the"
+            also = f" (or sessions: {', '.join(corpus.sessions)})" if sessions else ""
             raise ConfigError(
-                f"speaker {raw!r} {problem} {corpus.name} speakers: {', '.join(known)}"
+                f"speaker {raw!r} {problem} {corpus.name} speakers: {', '.join(known)}{also}"
             )
         if hits[0] not in out:
             out.append(hits[0])

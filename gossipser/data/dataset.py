@@ -82,14 +82,16 @@ def load_dataset(
     root: Path | str, *, corpus: str = "auto", emotions: Sequence[str] | str | None = None,
     features: FeatureConfig | None = None, cache_dir: Path | None = None,
     progress: Progress | None = None, keep: Callable[[Utterance], bool] | None = None,
+    improvised_only: bool = False,
 ) -> Dataset:
     """Load a corpus folder and its MFCC frames (from the cache when possible).
 
     `keep` limits feature extraction to some utterances (a networked peer loads only its
     own shard and the evaluation set); the corpus metadata always lists them all.
+    `improvised_only` keeps IEMOCAP's improvised dialogs (see load_corpus).
     """
     cfg = features or FeatureConfig()
-    corp = load_corpus(root, corpus=corpus, emotions=emotions)
+    corp = load_corpus(root, corpus=corpus, emotions=emotions, improvised_only=improvised_only)
     paths = [u.path for u in corp.utterances if keep is None or keep(u)]
     table, cached = load_or_extract(paths, cfg, cache_dir=cache_dir, progress=progress)
     if not table.paths:
@@ -128,11 +130,32 @@ def split_speakers(
     return train, held
 
 
+def session_groups(ds: Dataset) -> dict[str, tuple[str, ...]]:
+    """Session -> the speakers of it that `ds` holds ({} when the corpus has no sessions)."""
+    held = set(ds.speakers.tolist())
+    groups = {s: tuple(x for x in spk if x in held) for s, spk in ds.corpus.sessions.items()}
+    return {s: spk for s, spk in groups.items() if spk}
+
+
+def folds_by_session(ds: Dataset, k: int) -> bool:
+    """Whether `speaker_folds(ds, k)` holds out whole sessions."""
+    return 2 <= k <= len(session_groups(ds))
+
+
 def speaker_folds(ds: Dataset, k: int) -> list[tuple[str, ...]]:
-    """K groups of speakers (natural order, round-robin) for K-fold cross-validation."""
+    """K groups of test speakers for K-fold cross-validation, no speaker in two.
+
+    Where the corpus records sessions (IEMOCAP) and K is at most their number, a fold holds
+    out whole sessions (round-robin; K = sessions is leave-one-session-out), so the partner a
+    test speaker talks to in a dialog is never trained on. Otherwise speakers are dealt out
+    round-robin in natural order.
+    """
     spk = ds.speaker_ids()
     if not 2 <= k <= len(spk):
         raise ConfigError(f"--folds must be in [2, {len(spk)}] for {len(spk)} speakers")
+    if folds_by_session(ds, k):
+        sessions = list(session_groups(ds).values())
+        return [tuple(s for group in sessions[i::k] for s in group) for i in range(k)]
     return [tuple(spk[i::k]) for i in range(k)]
 
 

@@ -45,6 +45,9 @@ def default_attributes(ds: Dataset) -> tuple[dict[str, str], str]:
     if ds.corpus.name == "ravdess":
         return ({s: "male" if int(s) % 2 else "female" for s in ds.speaker_ids()},
                 "RAVDESS actor numbers (odd male, even female)")
+    if ds.corpus.name == "iemocap":
+        return ({s: "male" if s.endswith("M") else "female" for s in ds.speaker_ids()},
+                "IEMOCAP speaker ids (Ses01F female, Ses01M male)")
     sheet = Path(ds.corpus.root) / SPEAKER_SHEET
     if sheet.is_file():
         return read_attribute_file(sheet), str(sheet)
