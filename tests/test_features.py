@@ -129,7 +129,7 @@ def test_batch_partners_do_not_change_a_signal_features() -> None:
 
 def test_extract_matches_a_librosa_pipeline_from_the_files(tiny_corpus: Path) -> None:
     # Prepare
-    cfg = FeatureConfig()
+    cfg = FeatureConfig(deltas=0)  # the bare MFCC, as librosa computes it
     paths = _corpus_files(tiny_corpus)
 
     # Execute
@@ -151,7 +151,7 @@ def test_extract_matches_a_librosa_pipeline_from_the_files(tiny_corpus: Path) ->
 def test_ravdess_flac_features_match_librosa(ravdess_root: Path) -> None:
     # Prepare: six FLACs from different actors
     files = [sorted((ravdess_root / f"Actor_{a:02d}").glob("*.flac"))[a] for a in range(1, 7)]
-    cfg = FeatureConfig()
+    cfg = FeatureConfig(deltas=0)
 
     # Execute
     table = extract(files, cfg)
@@ -305,11 +305,12 @@ def test_model_inputs_stack_both_views() -> None:
 def test_feature_config_defaults_and_derived_sizes() -> None:
     # Prepare / Execute
     cfg = FeatureConfig()
-    other = FeatureConfig(frame_ms=25.0, hop_ms=10.0, deltas=2)
+    other = FeatureConfig(frame_ms=25.0, hop_ms=10.0, deltas=0)
 
     # Assert
-    assert (cfg.win_length, cfg.hop_length, cfg.n_fft, cfg.dim) == (320, 320, 512, 13)
-    assert (other.win_length, other.hop_length, other.n_fft, other.dim) == (400, 160, 512, 39)
+    assert (cfg.win_length, cfg.hop_length, cfg.n_fft, cfg.dim) == (320, 320, 512, 39)
+    assert (cfg.deltas, cfg.cmvn_scope) == (2, "speaker")
+    assert (other.win_length, other.hop_length, other.n_fft, other.dim) == (400, 160, 512, 13)
     assert FeatureConfig.from_dict(other.to_dict()) == other
 
 
@@ -423,7 +424,7 @@ def test_a_changed_config_gets_its_own_cache_entry(tiny_corpus: Path, tmp_path: 
 
     # Assert
     assert not cached
-    assert table.frames[0].shape[1] == 20
+    assert table.frames[0].shape[1] == 60  # 20 coefficients, deltas, delta-deltas
     assert len(list(tmp_path.glob("mfcc-*.npz"))) == 2
     assert cache_key(paths, FeatureConfig()) != cache_key(paths, FeatureConfig(n_mfcc=20))
 

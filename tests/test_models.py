@@ -377,7 +377,8 @@ def test_load_model_accepts_the_card_path(tmp_path: Path) -> None:
     # Prepare
     config = ModelConfig(kind="dnn", width=8)
     model = build_model(config, n_features=26, n_classes=2)
-    save_model(tmp_path, model, classes=("a", "b"), features=FeatureConfig(), config=config)
+    save_model(tmp_path, model, classes=("a", "b"), features=FeatureConfig(deltas=0),
+               config=config)
 
     # Execute
     saved = load_model(tmp_path / CARD)

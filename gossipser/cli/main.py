@@ -23,12 +23,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iemocap-improvised-only", action="store_true", default=None,
                    help="IEMOCAP: keep the improvised dialogs, drop the scripted ones")
     g.add_argument("--n-mfcc", type=int, help="MFCC coefficients (default 13)")
-    g.add_argument("--deltas", type=int, choices=(0, 1, 2), help="append deltas (default 0)")
+    g.add_argument("--deltas", type=int, choices=(0, 1, 2),
+                   help="append deltas (default 2: delta and delta-delta)")
     g.add_argument("--frame-ms", type=float, help="frame length in ms (default 20)")
     g.add_argument("--hop-ms", type=float, help="frame step in ms (default 20)")
     g.add_argument("--max-frames", type=int, help="fixed length for CNN/LSTM (default 150)")
     g.add_argument("--cmvn-scope", choices=("utterance", "speaker"),
-                   help="normalise MFCCs per utterance or by each speaker's own statistics")
+                   help="normalise MFCCs by each speaker's own statistics (default) or "
+                        "per utterance")
     g.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default ~/.cache/gossipser or $GOSSIPSER_CACHE)")
 
@@ -44,6 +46,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="batch size (default 32)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     g.add_argument("--class-balanced", action="store_true", help="inverse-frequency class weights")
+    g.add_argument("--schedule", choices=("onecycle", "constant"),
+                   help="learning rate over the planned steps (default onecycle: warm-up, "
+                        "then cosine decay)")
+    g.add_argument("--augment", metavar="LIST",
+                   help="batch augmentation: shift, mask, both (default) or none")
     g.add_argument("--dp-epsilon", type=float, metavar="EPS",
                    help="DP-SGD to this epsilon per peer over the planned steps (noise calibrated)")
     g.add_argument("--dp-noise", type=float, metavar="SIGMA",

@@ -53,6 +53,7 @@ def run_configs(args: Any, doc: dict[str, dict[str, Any]]):
         "epochs": a.get("epochs"), "batch_size": a.get("batch_size"), "lr": a.get("lr"),
         "class_balanced": a.get("class_balanced") or None, "dp_epsilon": a.get("dp_epsilon"),
         "dp_noise": a.get("dp_noise"), "dp_delta": a.get("dp_delta"), "dp_clip": a.get("dp_clip"),
+        "schedule": a.get("schedule"), "augment": a.get("augment"),
     }, "train")
     norm = a.get("norm")
     if norm is None and "norm" not in doc.get("model", {}) and train.dp is not None:

@@ -2,7 +2,9 @@
 
 Pipeline per utterance: load mono -> resample to 16 kHz -> trim silence -> peak-normalize ->
 pre-emphasis 0.97 -> 20 ms frames, 20 ms step, Hann window -> |FFT|^2 -> 40 mel filters ->
-log (dB, as librosa.power_to_db) -> DCT-II (ortho) -> 13 coefficients [-> deltas].
+log (dB, as librosa.power_to_db) -> DCT-II (ortho) -> 13 coefficients -> deltas and
+delta-deltas (default). Mean/variance normalisation comes after the cache, by default over
+each speaker's own utterances.
 The cache holds these raw frames; model inputs (fixed-length sequences for CNN/LSTM,
 utterance statistics for the DNN) are cheap views computed from them.
 """
@@ -41,12 +43,12 @@ class FeatureConfig:
     fmax: float | None = None
     top_db: float = 80.0  # floor of the log-mel spectrogram below its maximum (librosa default)
     trim_db: float | None = 40.0  # trim leading/trailing silence this far below the peak
-    deltas: int = 0  # 0: none, 1: +delta, 2: +delta+delta-delta
+    deltas: int = 2  # 0: none, 1: +delta, 2: +delta+delta-delta
     cmvn: bool = True  # mean/variance normalisation of the frames (scope below)
     # "utterance": each utterance by itself; "speaker": by the statistics of all of that
     # speaker's utterances (on a device: its owner's), which keeps how an utterance differs
     # from the speaker's usual voice (energy, tilt), the cue the per-utterance scope erases
-    cmvn_scope: str = "utterance"
+    cmvn_scope: str = "speaker"
     max_frames: int = 150  # fixed length for CNN/LSTM (crop centre / pad end); 150 = 3 s
 
     def __post_init__(self) -> None:

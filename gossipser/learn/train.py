@@ -12,6 +12,7 @@ from torch import nn
 
 from gossipser.config import check_types
 from gossipser.errors import ConfigError
+from gossipser.learn.augment import SCHEDULES, augment, lr_at, parse_augment
 from gossipser.learn.dp import DPSettings, PrivateSteps
 from gossipser.learn.metrics import Scores, score
 from gossipser.learn.models import attach_generator
@@ -25,6 +26,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     class_balanced: bool = False
     label_smoothing: float = 0.1
+    # learning-rate schedule over the planned steps, and batch augmentation
+    # (gossipser.learn.augment: "shift", "mask", both comma-separated, or "none")
+    schedule: str = "onecycle"
+    augment: str = "shift,mask"
     # DP-SGD (gossipser.learn.dp): a target epsilon (noise calibrated from the planned
     # steps) or a noise multiplier; per-sample gradients clipped to dp_clip
     dp_epsilon: float | None = None
@@ -45,6 +50,12 @@ class TrainConfig:
             raise ConfigError("train config: need epochs >= 0, batch_size >= 2, 0 < lr < 1")
         if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
             raise ConfigError("train config: label_smoothing in [0, 1), weight_decay >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train config: schedule must be one of {', '.join(SCHEDULES)}")
+        try:
+            parse_augment(self.augment)
+        except ValueError as exc:
+            raise ConfigError(f"train config: {exc}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,9 +82,10 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class LocalTrainer:
-    """Adam on one data shard with a local torch.Generator for batch order; with DP-SGD
-    (`cfg.dp`), clipped and noised steps on Poisson batches, calibrated to `planned_steps`
-    (default: cfg.epochs epochs)."""
+    """Adam on one data shard with a local torch.Generator for batch order, augmentation and
+    the learning rate on `cfg.schedule` over `planned_steps` (default: cfg.epochs epochs);
+    with DP-SGD (`cfg.dp`), clipped and noised steps on Poisson batches, calibrated to the
+    same planned steps."""
 
     def __init__(
         self, *, model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int,
@@ -88,6 +100,8 @@ class LocalTrainer:
         # its seed, whatever else runs in the process or in other threads
         self.dropout_generator = torch.Generator().manual_seed(int(seed) + 1)
         attach_generator(model, self.dropout_generator)
+        self.augment_generator = torch.Generator().manual_seed(int(seed) + 3)
+        self.augmentations = parse_augment(cfg.augment)
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
         )
@@ -97,9 +111,10 @@ class LocalTrainer:
         self.steps_done = 0
         self.samples_done = 0  # examples seen by the optimiser (steps x batch, summed)
         self.private: PrivateSteps | None = None
+        self.planned_steps = (cfg.epochs * self.steps_per_epoch() if planned_steps is None
+                              else planned_steps)
         if cfg.dp is not None:
-            planned = (cfg.epochs * self.steps_per_epoch() if planned_steps is None
-                       else planned_steps)
+            planned = self.planned_steps
             self.private = PrivateSteps(
                 model=model, optimizer=self.optimizer, dp=cfg.dp, n=self.n_samples,
                 batch_size=cfg.batch_size, planned_steps=planned, seed=int(seed) + 2)
@@ -148,8 +163,9 @@ class LocalTrainer:
         total = 0.0
         count = 0
         for idx in self._batches(steps):
+            self._set_lr(self.steps_done + count)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
+            loss = self.loss_fn(self.model(self._inputs(idx)), self.y[idx])
             loss.backward()
             self.optimizer.step()
             total += float(loss.detach())
@@ -158,12 +174,21 @@ class LocalTrainer:
         self.steps_done += count
         return total / max(count, 1)
 
+    def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        return augment(self.x[idx], self.augmentations, self.augment_generator)
+
+    def _set_lr(self, step: int) -> None:
+        lr = lr_at(step, self.planned_steps, self.cfg.lr, self.cfg.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _private_steps(self, steps: int) -> float:
         dp = self.private
         total, seen = 0.0, 0
-        for _ in range(steps):
+        for k in range(steps):
             idx = dp.batch()  # may be empty: the step is then noise alone, as accounted
-            loss = self.sum_loss(dp.module(self.x[idx]), self.y[idx])
+            self._set_lr(self.steps_done + k)
+            loss = self.sum_loss(dp.module(self._inputs(idx)), self.y[idx])
             dp.step(loss)
             total += float(loss.detach())
             seen += len(idx)
@@ -176,6 +201,7 @@ class LocalTrainer:
         out = {**(self.private.state() if self.private is not None else {}),
                "_rng.batches": self.generator.get_state().numpy(),
                "_rng.dropout": self.dropout_generator.get_state().numpy(),
+               "_rng.augment": self.augment_generator.get_state().numpy(),
                "_steps": np.array(self.steps_done, dtype=np.int64)}
         for i, st in self.optimizer.state_dict()["state"].items():
             for key, value in st.items():
@@ -185,6 +211,8 @@ class LocalTrainer:
     def load_state(self, saved: dict[str, np.ndarray]) -> None:
         self.generator.set_state(torch.from_numpy(np.array(saved["_rng.batches"])))
         self.dropout_generator.set_state(torch.from_numpy(np.array(saved["_rng.dropout"])))
+        if "_rng.augment" in saved:  # checkpoints written before augmentation existed
+            self.augment_generator.set_state(torch.from_numpy(np.array(saved["_rng.augment"])))
         self.steps_done = int(saved["_steps"])
         if self.private is not None:
             self.private.load_state(saved)
