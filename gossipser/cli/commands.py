@@ -203,10 +203,11 @@ def cmd_train(args: Any) -> int:
     total = scores_from_confusion(sum(s.confusion for _, s in rows))
     mean = {m: float(np.mean([getattr(s, m) for _, s in rows]))
             for m in ("ua", "wa", "macro_f1", "macro_precision", "macro_recall")}
+    choice = data_choice(args, doc)
     summary = {
         "command": "train", "corpus": ds.corpus.name, "data": str(ds.corpus.root),
-        "emotion_set": data_choice(args, doc)["emotions"],
-        "iemocap_improvised_only": data_choice(args, doc)["improvised_only"],
+        "emotion_set": choice["emotions"],
+        "iemocap_improvised_only": choice["improvised_only"],
         "model": model_cfg.kind, "parameters": n_params, "seed": args.seed,
         **mean, "classes": list(ds.classes), "confusion": total.confusion.tolist(),
         "folds": folds, "wall_s": round(time.perf_counter() - t0, 2),

@@ -114,10 +114,9 @@ class LocalTrainer:
         self.planned_steps = (cfg.epochs * self.steps_per_epoch() if planned_steps is None
                               else planned_steps)
         if cfg.dp is not None:
-            planned = self.planned_steps
             self.private = PrivateSteps(
                 model=model, optimizer=self.optimizer, dp=cfg.dp, n=self.n_samples,
-                batch_size=cfg.batch_size, planned_steps=planned, seed=int(seed) + 2)
+                batch_size=cfg.batch_size, planned_steps=self.planned_steps, seed=int(seed) + 2)
             self.sum_loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing,
                                                 reduction="sum")
 
