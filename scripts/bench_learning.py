@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", metavar="LIST")
     p.add_argument("--topology", default="regular:4", help="default regular:4")
     for flag, kind in (("--algorithm", str), ("--rounds", int), ("--local-epochs", float),
-                       ("--model", str), ("--width", int), ("--norm", str),
+                       ("--step-share", str), ("--model", str),
+                       ("--width", int), ("--norm", str), ("--bn-stats", str),
                        ("--cmvn-scope", str), ("--epochs", int),
                        ("--batch-size", int), ("--lr", float), ("--n-mfcc", int),
                        ("--deltas", int), ("--workers", int)):

@@ -242,7 +242,7 @@ def _mean_scores(rows: list[tuple[str, Scores]], total: Scores) -> Scores:
 def cmd_predict(args: Any) -> int:
     from gossipser.data.features import MfccExtractor, prepare_signal
     from gossipser.learn.modelio import load_model
-    from gossipser.learn.train import predict_proba
+    from gossipser.learn.train import predict_proba, speaker_groups
 
     saved = load_model(args.model)
     cfg = saved.features
@@ -266,7 +266,9 @@ def cmd_predict(args: Any) -> int:
         # be one speaker's recordings (the device's owner), normalised by their statistics
         frames, cfg = normalize_group(frames), dataclasses.replace(cfg, cmvn=False)
     if good:
-        probs_all = predict_proba(saved.model, model_inputs(frames, cfg, saved.config.view))
+        # the files are one speaker's: BatchNorm takes their statistics (bn_stats = speaker)
+        probs_all = predict_proba(saved.model, model_inputs(frames, cfg, saved.config.view),
+                                  groups=speaker_groups(saved.config, np.zeros(len(frames))))
     for r, probs in zip(good, probs_all if good else [], strict=True):
         r.update({
             "emotion": saved.classes[int(probs.argmax())],
@@ -293,7 +295,8 @@ def gossip_config(args: Any, doc: dict):
     from gossipser.gossip.plan import GossipConfig
 
     a = vars(args)
-    keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "mixing", "partition",
+    keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
+            "partition",
             "drop", "churn", "stragglers", "fraction", "eval_every", "workers", "patience",
             "private_layers")
     return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")

@@ -42,6 +42,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, help="dropout (default 0.3)")
     g.add_argument("--norm", choices=("batch", "group", "none"),
                    help="normalisation layers (default batch; group under DP-SGD)")
+    g.add_argument("--bn-stats", choices=("speaker", "running"),
+                   help="BatchNorm at inference: the speaker's own statistics (default) or the "
+                        "running averages of training")
     g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--batch-size", type=int, help="batch size (default 32)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -113,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "0 runs every round)")
     g.add_argument("--local-epochs", type=float, help="local epochs per round (default: the "
                    "steps that match centralized training's budget over the rounds)")
+    g.add_argument("--step-share", choices=("samples", "equal"),
+                   help="the automatic budget per peer: in proportion to its shard (default, as "
+                        "pooled training weighs every utterance) or equal for all peers")
     g.add_argument("--peers", type=int, help="peers (default: one per training speaker)")
     g.add_argument("--partition", help="speaker (default), iid, balanced, dirichlet:ALPHA")
     g.add_argument("--mixing", help="metropolis (default), maxdegree, weight")

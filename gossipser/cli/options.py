@@ -60,6 +60,6 @@ def run_configs(args: Any, doc: dict[str, dict[str, Any]]):
         norm = "group"  # DP-SGD needs per-sample gradients, which BatchNorm does not have
     model = build(ModelConfig, doc.get("model", {}), {
         "kind": a.get("model"), "width": a.get("width"), "dropout": a.get("dropout"),
-        "norm": norm,
+        "norm": norm, "bn_stats": a.get("bn_stats"),
     }, "model")
     return features, model, train

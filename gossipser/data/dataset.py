@@ -95,7 +95,8 @@ def load_dataset(
     paths = [u.path for u in corp.utterances if keep is None or keep(u)]
     table, cached = load_or_extract(paths, cfg, cache_dir=cache_dir, progress=progress)
     if not table.paths:
-        raise CorpusError(f"no usable audio under {root}: every file failed ({table.failed[0][1]})")
+        why = f"every file failed ({table.failed[0][1]})" if table.failed else "no file selected"
+        raise CorpusError(f"no usable audio under {root}: {why}")
     by_path = {str(u.path): u for u in corp.utterances}
     class_index = {c: i for i, c in enumerate(corp.classes)}
     utts = [by_path[p] for p in table.paths]

@@ -30,7 +30,7 @@ from gossipser.gossip.topology import build_topology
 from gossipser.learn.modelio import n_inputs
 from gossipser.learn.models import ModelConfig, build_model, get_state
 from gossipser.learn.pool import PoolSpec, Shard
-from gossipser.learn.train import TrainConfig, steps_per_epoch
+from gossipser.learn.train import TrainConfig, speaker_groups, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class GossipConfig:
     # all rounds, the optimiser steps of centralized training on the pooled training set
     # (train.epochs x training utterances / batch size), whatever its shard size
     local_epochs: float | None = None
+    # how the automatic budget (local_epochs unset) is shared: "samples", a peer's steps per
+    # round in proportion to its shard (the pooled objective: every utterance weighs the same,
+    # as in centralized training; the mean over peers is unchanged), or "equal" steps for all
+    # (a peer with 2 utterances then pulls the consensus as hard as one with 80)
+    step_share: str = "samples"
     mixing: str = "metropolis"
     partition: str = "speaker"
     drop: float = 0.0  # probability that a message is lost
@@ -75,6 +80,9 @@ class GossipConfig:
                               "(0 switches training off)")
         if self.patience < 0:
             raise ConfigError("gossip: patience >= 0 (0 runs every round)")
+        if self.step_share not in ("samples", "equal"):
+            raise ConfigError(f"gossip step_share must be samples or equal, got "
+                              f"{self.step_share!r}")
         if self.init not in ("shared", "independent"):
             raise ConfigError("gossip init must be shared or independent")
         if self.peers is not None and self.peers < 2:
@@ -105,6 +113,7 @@ class RunSetup:
     seed: int
     run_id: str
     n_train: int = 0  # training utterances of the whole run (every peer's, loaded or not)
+    peer_sizes: tuple[int, ...] = ()  # every peer's planned shard size (default: its part)
 
     @property
     def n_peers(self) -> int:
@@ -119,19 +128,30 @@ class RunSetup:
             return 0
         return max(1, math.ceil(t.epochs * self.n_train / (t.batch_size * self.cfg.rounds)))
 
-    def local_steps(self, steps_per_epoch: int) -> int:
-        """Optimiser steps of one peer's local training in one round."""
+    def peer_steps(self, pid: int) -> int:
+        """Automatic local steps per round of peer `pid`: `auto_local_steps`, scaled by its
+        shard size over the mean shard size under `step_share = samples` (at least 1)."""
+        base = self.auto_local_steps
+        if base == 0 or self.cfg.step_share == "equal":
+            return base
+        sizes = self.peer_sizes or tuple(len(p) for p in self.parts)
+        mean = sum(sizes) / len(sizes)
+        return max(1, int(round(base * sizes[pid] / mean))) if mean > 0 else 0
+
+    def local_steps(self, pid: int, steps_per_epoch: int) -> int:
+        """Optimiser steps of peer `pid`'s local training in one round (0: its shard has
+        fewer than two utterances)."""
         epochs = self.cfg.local_epochs
-        if epochs is None:
-            return self.auto_local_steps
-        if epochs == 0:
+        if steps_per_epoch == 0 or epochs == 0:
             return 0
+        if epochs is None:
+            return self.peer_steps(pid)
         return max(1, int(round(epochs * steps_per_epoch)))
 
     def shard(self, pid: int) -> Shard:
         idx = self.parts[pid]
         per_epoch = steps_per_epoch(len(idx), self.train.batch_size)
-        planned = self.cfg.rounds * self.local_steps(per_epoch) if per_epoch else 0
+        planned = self.cfg.rounds * self.local_steps(pid, per_epoch)
         return Shard(peer=pid, x=self.dataset.inputs(self.model.view, idx),
                      y=self.dataset.labels[idx], seed=peer_seed(self.seed, pid),
                      planned_steps=planned)
@@ -142,6 +162,7 @@ class RunSetup:
             n_classes=len(self.dataset.classes),
             test_x=self.dataset.inputs(self.model.view, self.test_idx),
             test_y=self.dataset.labels[self.test_idx],
+            test_groups=speaker_groups(self.model, self.dataset.speakers[self.test_idx]),
         )
 
     def initial_params(self, pid: int) -> Params:
@@ -279,6 +300,7 @@ def setup_from_plan(
         test_idx=index(plan.test_paths), parts=parts, graph=plan.graph, mixing=plan.mixing,
         init=get_state(init_model), seed=plan.seed, run_id=plan.run_id,
         n_train=sum(len(p) for p in plan.peer_paths),
+        peer_sizes=tuple(len(p) for p in plan.peer_paths),
     )
 
 

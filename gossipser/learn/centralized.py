@@ -12,7 +12,7 @@ from gossipser.data.dataset import Dataset
 from gossipser.learn.metrics import Scores
 from gossipser.learn.modelio import n_inputs
 from gossipser.learn.models import ModelConfig, build_model
-from gossipser.learn.train import LocalTrainer, TrainConfig, evaluate
+from gossipser.learn.train import LocalTrainer, TrainConfig, evaluate, speaker_groups
 
 EpochCallback = Callable[[int, float], None]
 
@@ -45,14 +45,16 @@ def train_centralized(
         cfg=train_cfg, seed=seed,
     )
     x_test, y_test = ds.inputs(model_cfg.view, test_idx), ds.labels[test_idx]
+    groups = speaker_groups(model_cfg, ds.speakers[test_idx])
     losses, history = [], []
     for epoch in range(train_cfg.epochs):
         losses.append(trainer.train_epochs(1))
         if eval_every and (epoch + 1) % eval_every == 0:
-            history.append((epoch + 1, evaluate(model, x_test, y_test, len(ds.classes))))
+            history.append((epoch + 1, evaluate(model, x_test, y_test, len(ds.classes),
+                                                groups=groups)))
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
-    scores = evaluate(model, x_test, y_test, len(ds.classes))
+    scores = evaluate(model, x_test, y_test, len(ds.classes), groups=groups)
     return BaselineResult(model=model, scores=scores, losses=losses, history=history,
                           steps=trainer.steps_done, samples=trainer.samples_done,
                           epsilon=trainer.epsilon, noise=trainer.noise)

@@ -25,6 +25,12 @@ class ModelConfig:
     # statistics are part of the model and get averaged), "group" (GroupNorm, 8 groups: no
     # statistics, per-sample, as DP-SGD needs) or "none"
     norm: str = "batch"
+    # which statistics BatchNorm normalises with at inference: "speaker" (those of the
+    # speaker's own utterances, computed on the device as speaker-scope CMVN is) or "running"
+    # (the running averages of training). One speaker per peer means every training batch is
+    # one speaker's, so the running averages hold within-speaker spread only; a new speaker's
+    # activations normalised by them drift off what the layers were trained on.
+    bn_stats: str = "speaker"
 
     def __post_init__(self) -> None:
         check_types(self, "model")
@@ -36,6 +42,9 @@ class ModelConfig:
             raise ConfigError("model dropout must be in [0, 1)")
         if self.norm not in ("batch", "group", "none"):
             raise ConfigError(f"[model] norm must be batch, group or none, got {self.norm!r}")
+        if self.bn_stats not in ("speaker", "running"):
+            raise ConfigError(f"[model] bn_stats must be speaker or running, got "
+                              f"{self.bn_stats!r}")
 
     @property
     def view(self) -> str:

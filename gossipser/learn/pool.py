@@ -44,6 +44,7 @@ class PoolSpec:
     n_classes: int
     test_x: np.ndarray
     test_y: np.ndarray
+    test_groups: np.ndarray | None = None  # speaker per test row: BatchNorm by speaker
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ class _Trainers:
 
     def evaluate(self, params: Params) -> Scores:
         set_state(self.eval_model, params)
-        return evaluate(self.eval_model, self.spec.test_x, self.spec.test_y, self.spec.n_classes)
+        return evaluate(self.eval_model, self.spec.test_x, self.spec.test_y, self.spec.n_classes,
+                        groups=self.spec.test_groups)
 
 
 class SerialPool:

@@ -3,6 +3,7 @@ centralized baseline all train through `LocalTrainer`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -227,8 +228,40 @@ class LocalTrainer:
         return self.train_steps(int(round(epochs * self.steps_per_epoch())))
 
 
-def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities, (N, n_classes), with the model in eval mode."""
+def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def speaker_statistics(model: nn.Module, x: np.ndarray, *, batch_size: int = 256):
+    """Within the block, `model`'s BatchNorm layers normalise with the statistics of `x`
+    (one speaker's utterances, no labels needed) instead of their running averages; the
+    running averages are put back afterwards. The model is in eval mode within the block."""
+    norms = _batch_norms(model)
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
+              m.momentum) for m in norms]
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the chunks below
+            m.train()
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size],
+                                                            dtype=np.float32)))
+        model.eval()
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count, momentum) in zip(norms, saved, strict=True):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+                m.momentum = momentum
+
+
+def _probabilities(model: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
     model.eval()
     out = []
     with torch.inference_mode():
@@ -238,7 +271,37 @@ def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 256) -> 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int) -> Scores:
+def predict_proba(model: nn.Module, x: np.ndarray, *, groups: np.ndarray | None = None,
+                  batch_size: int = 256) -> np.ndarray:
+    """Class probabilities, (N, n_classes), with the model in eval mode. With `groups` (the
+    speaker of each row) BatchNorm uses each speaker's own statistics (`speaker_statistics`);
+    a speaker with a single row of utterance statistics (DNN) keeps the running averages."""
+    if groups is None or not _batch_norms(model) or len(x) == 0:
+        return _probabilities(model, x, batch_size)
+    groups = np.asarray(groups)
+    out: np.ndarray | None = None
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        if len(idx) < 2 and x.ndim == 2:  # one utterance's statistics vector has no spread:
+            probs = _probabilities(model, x[idx], batch_size)  # the running averages serve
+        else:
+            with speaker_statistics(model, x[idx], batch_size=batch_size):
+                probs = _probabilities(model, x[idx], batch_size)
+        if out is None:
+            out = np.zeros((len(x), probs.shape[1]), np.float32)
+        out[idx] = probs
+    return out
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int, *,
+             groups: np.ndarray | None = None) -> Scores:
+    """Scores on (x, y); `groups` as for `predict_proba`."""
     if len(y) == 0:
         return score(np.zeros(0, int), np.zeros(0, int), n_classes)
-    return score(y, predict_proba(model, x).argmax(axis=1), n_classes)
+    return score(y, predict_proba(model, x, groups=groups).argmax(axis=1), n_classes)
+
+
+def speaker_groups(cfg, speakers: np.ndarray) -> np.ndarray | None:
+    """The speaker of each test row when `cfg` (a ModelConfig) normalises BatchNorm by the
+    speaker's own statistics, else None (running averages)."""
+    return np.asarray(speakers) if cfg.norm == "batch" and cfg.bn_stats == "speaker" else None

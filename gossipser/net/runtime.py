@@ -162,7 +162,7 @@ async def run_peer(
             loss = float("nan")
             if peer.wants_training():
                 busy["training"] = True
-                steps = setup.local_steps(trainer.steps_per_epoch())
+                steps = setup.local_steps(pid, trainer.steps_per_epoch())
                 job = TrainJob(peer=pid, params=peer.train_from(), steps=steps)
                 try:
                     (res,) = await asyncio.to_thread(pool.train, [job])

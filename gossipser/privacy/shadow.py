@@ -48,7 +48,8 @@ def shadow_setup(setup: RunSetup, peers: list[int], *, seed: int, fraction: floa
     mixing = mixing_matrix(graph, setup.cfg.mixing) if algo.uses_mixing else np.eye(n)
     return dataclasses.replace(
         setup, parts=parts, graph=graph, mixing=mixing, seed=seed,
-        train_idx=np.concatenate(parts), run_id=f"{setup.run_id}-shadow{seed % 10_000}")
+        train_idx=np.concatenate(parts), peer_sizes=tuple(len(p) for p in parts),
+        run_id=f"{setup.run_id}-shadow{seed % 10_000}")
 
 
 def shadow_log(setup: RunSetup, peers: list[int], *, rounds: int, seed: int,
@@ -57,8 +58,9 @@ def shadow_log(setup: RunSetup, peers: list[int], *, rounds: int, seed: int,
     shadow = shadow_setup(setup, peers, seed=seed, fraction=fraction)
     log = MessageLog(rounds, setup.shared_model_names())
     shards = [shadow.shard(i) for i in range(shadow.n_peers)]
-    steps = rounds * sum(shadow.local_steps(per_epoch) for s in shards
-                         if (per_epoch := steps_per_epoch(len(s.y), setup.train.batch_size)))
+    steps = rounds * sum(shadow.local_steps(s.peer, steps_per_epoch(len(s.y),
+                                                                   setup.train.batch_size))
+                         for s in shards)
     # worker processes take seconds to start: worth it only for a few thousand steps
     workers = workers if steps >= PROCESS_STEPS else 1
     with make_pool(shadow.pool_spec(), shards, workers=workers) as pool:

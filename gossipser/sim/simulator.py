@@ -118,7 +118,7 @@ class Simulator:
                 queue.extend((dest, d, m) for d, m in self.peers[dest].receive(msg))
 
     def _steps(self, pid: int) -> int:
-        steps = self.setup.local_steps(self.steps_per_epoch[pid])
+        steps = self.setup.local_steps(pid, self.steps_per_epoch[pid])
         if steps == 0:
             return 0
         if self.cfg.stragglers > 0 and self.rng.random() < self.cfg.stragglers:
@@ -246,8 +246,11 @@ class Simulator:
             "bytes_sent_server": int(self.bytes_sent.get(SERVER_ID, 0)),
             "messages_sent": self.messages_sent, "messages_dropped": self.messages_dropped,
             "optimizer_steps": self.steps_done, "samples_processed": self.samples_done,
-            "local_steps_per_round": self.setup.local_steps(
-                int(np.median(list(self.steps_per_epoch.values()) or [0]))),
+            "local_steps_per_round": float(np.median(
+                [self.setup.local_steps(p, k) for p, k in self.steps_per_epoch.items()] or [0])),
+            "local_steps_per_round_per_peer": [
+                self.setup.local_steps(p, self.steps_per_epoch[p]) if p in self.steps_per_epoch
+                else 0 for p in range(len(self.peers))],
             "stopped": self.stopped,
             **privacy,
             "final": {
