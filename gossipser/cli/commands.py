@@ -296,9 +296,8 @@ def gossip_config(args: Any, doc: dict):
 
     a = vars(args)
     keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
-            "partition",
-            "drop", "churn", "stragglers", "fraction", "eval_every", "workers", "patience",
-            "private_layers")
+            "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
+            "patience", "private_layers")
     return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")
 
 

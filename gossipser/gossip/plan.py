@@ -41,7 +41,7 @@ class GossipConfig:
     rounds: int = 100  # at most; the simulator stops earlier on a plateau (see patience)
     # local training per round; None: as many steps per round as make every peer take, over
     # all rounds, the optimiser steps of centralized training on the pooled training set
-    # (train.epochs x training utterances / batch size), whatever its shard size
+    # (train.epochs x training utterances / batch size), shared as `step_share` says
     local_epochs: float | None = None
     # how the automatic budget (local_epochs unset) is shared: "samples", a peer's steps per
     # round in proportion to its shard (the pooled objective: every utterance weighs the same,

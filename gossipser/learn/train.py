@@ -16,7 +16,7 @@ from gossipser.errors import ConfigError
 from gossipser.learn.augment import SCHEDULES, augment, lr_at, parse_augment
 from gossipser.learn.dp import DPSettings, PrivateSteps
 from gossipser.learn.metrics import Scores, score
-from gossipser.learn.models import attach_generator
+from gossipser.learn.models import ModelConfig, attach_generator
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int, *,
     return score(y, predict_proba(model, x, groups=groups).argmax(axis=1), n_classes)
 
 
-def speaker_groups(cfg, speakers: np.ndarray) -> np.ndarray | None:
-    """The speaker of each test row when `cfg` (a ModelConfig) normalises BatchNorm by the
+def speaker_groups(cfg: ModelConfig, speakers: np.ndarray) -> np.ndarray | None:
+    """The speaker of each test row when `cfg` normalises BatchNorm by the
     speaker's own statistics, else None (running averages)."""
     return np.asarray(speakers) if cfg.norm == "batch" and cfg.bn_stats == "speaker" else None

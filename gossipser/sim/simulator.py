@@ -238,6 +238,8 @@ class Simulator:
         last = self.rows[-1]
         peer_scores, avg_score = self.last_scores
         privacy = self._privacy()
+        steps = [self.setup.local_steps(p, self.steps_per_epoch.get(p, 0))
+                 for p in range(len(self.peers))]
         return {
             **self.setup.describe(), "wall_s": round(wall_s, 2),
             "bytes_sent_total": int(sum(self.bytes_sent.values())),
@@ -246,11 +248,8 @@ class Simulator:
             "bytes_sent_server": int(self.bytes_sent.get(SERVER_ID, 0)),
             "messages_sent": self.messages_sent, "messages_dropped": self.messages_dropped,
             "optimizer_steps": self.steps_done, "samples_processed": self.samples_done,
-            "local_steps_per_round": float(np.median(
-                [self.setup.local_steps(p, k) for p, k in self.steps_per_epoch.items()] or [0])),
-            "local_steps_per_round_per_peer": [
-                self.setup.local_steps(p, self.steps_per_epoch[p]) if p in self.steps_per_epoch
-                else 0 for p in range(len(self.peers))],
+            "local_steps_per_round": float(np.median(steps or [0])),
+            "local_steps_per_round_per_peer": steps,
             "stopped": self.stopped,
             **privacy,
             "final": {
