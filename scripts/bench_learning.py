@@ -95,6 +95,7 @@ def one_split(ds, test: tuple[str, ...], seed: int, *, features, model, train, g
         "steps_central": central.steps, "samples_central": central.samples,
         "steps_gossip": summary["optimizer_steps"], "samples_gossip": summary["samples_processed"],
         "steps_gossip_per_peer": summary["optimizer_steps"] / setup.n_peers,
+        "stopped": summary["stopped"],
         "wall_central_s": round(t_central, 1), "wall_gossip_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace, console) -> int:
                 f"split {k + 1}/{len(splits)} seed {seed}: central {100 * r['ua_central']:.1f}, "
                 f"gossip mean {100 * r['ua_gossip_mean']:.1f} min {100 * r['ua_gossip_min']:.1f} "
                 f"averaged {100 * r['ua_gossip_avg_model']:.1f} (gap {100 * r['gap']:+.1f}); "
-                f"{r['wall_central_s']:.0f} s + {r['wall_gossip_s']:.0f} s")
+                f"{r['wall_central_s']:.0f} s + {r['wall_gossip_s']:.0f} s; gossip stopped at "
+                f"round {r['stopped']['round']}")
     mean = {k: float(np.mean([r[k] for r in runs])) for k in (
         *FIELDS, "steps_central", "samples_central", "steps_gossip", "samples_gossip",
         "steps_gossip_per_peer")}

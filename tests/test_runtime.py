@@ -31,6 +31,7 @@ import soundfile as sf
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.data.features import prepare_signal
 from gossipser.errors import ConfigError
+from gossipser.gossip.byzantine import parse_attack
 from gossipser.gossip.message import Message
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.gossip.wire import MAGIC, decode, encode
@@ -93,9 +94,9 @@ def base_config(tiny_corpus: Path, cache_dir: Path, tmp_path_factory: pytest.Tem
 
 
 def make_setup(ds: Dataset, algorithm: str, *, rounds: int = 3,
-               private_layers: tuple[str, ...] = ()) -> RunSetup:
+               private_layers: tuple[str, ...] = (), **gossip) -> RunSetup:
     cfg = GossipConfig(algorithm=algorithm, topology="ring", rounds=rounds, peers=4,
-                       partition="iid", workers=1, private_layers=private_layers)
+                       partition="iid", workers=1, private_layers=private_layers, **gossip)
     return setup_run(ds, cfg=cfg, model=MODEL, train=TrainConfig(), test_speakers=TEST_SPEAKERS,
                      seed=0)
 
@@ -109,11 +110,14 @@ def tcp_net(**timeouts: float) -> NetworkConfig:
 async def run_network(
     setup: RunSetup, net: NetworkConfig, out: Path, *, limit: float = 60.0,
     status: Callable[[int], runtime.Status | None] = lambda pid: None,
-    hub: MemoryHub | None = None,
+    hub: MemoryHub | None = None, attacks: dict | None = None,
 ) -> list[dict]:
-    """Every peer (and the FedAvg server, last) as tasks of this event loop, within `limit` s."""
+    """Every peer (and the FedAvg server, last) as tasks of this event loop, within `limit` s;
+    `attacks`: peer id -> Attack for the Byzantine ones."""
+    attacks = attacks or {}
     runs = [runtime.run_peer(setup, i, net, out / f"peer-{i}", hub=hub, secret=SECRET,
-                             status=status(i)) for i in range(setup.n_peers)]
+                             status=status(i), attack=attacks.get(i))
+            for i in range(setup.n_peers)]
     if setup.cfg.algorithm == "fedavg":
         runs.append(runtime.run_server(setup, net, out / "server", hub=hub, secret=SECRET))
     async with asyncio.timeout(limit):
@@ -193,6 +197,24 @@ async def test_tcp_run_gives_the_simulators_weights(ds: Dataset, tmp_path: Path,
         assert [r["updates"] for r in results[4]["rows"]] == [4, 4, 4]
         for i in range(setup.n_peers):  # every client ends with the last global model
             assert max_diff(saved_params(tmp_path / f"peer-{i}"), server) < 1e-6
+
+
+async def test_a_byzantine_network_peer_attacks_as_in_the_simulator(ds: Dataset,
+                                                                    tmp_path: Path) -> None:
+    # Prepare: the simulator with peer 1 sending scale:-10, honest peers merging by median
+    sim_setup = make_setup(ds, "dpsgd", robust="median", byzantine="ids:1", attack="scale:-10")
+    with SerialPool(sim_setup.pool_spec(),
+                    [sim_setup.shard(i) for i in range(sim_setup.n_peers)]) as pool:
+        sim = Simulator(sim_setup, pool)
+        sim.run()
+    # Execute: the network run, peer 1 started as `gossipser peer --byzantine scale:-10` is
+    net_setup = make_setup(ds, "dpsgd", robust="median")
+    results = await run_network(net_setup, tcp_net(), tmp_path,
+                                attacks={1: parse_attack("scale:-10")})
+    # Assert: every peer finished; the honest peers hold the simulator's weights
+    assert [len(r["rows"]) for r in results] == [3] * 4
+    for i in (0, 2, 3):
+        assert max_diff(saved_params(tmp_path / f"peer-{i}"), sim.peers[i].params) < 1e-5
 
 
 # real processes: the launcher end to end ----------------------------------------------------

@@ -332,6 +332,10 @@ def test_cli_topology_show_make_and_show_file(tmp_path, capsys):
     (["--peers", "12", "--partition", "speaker"], "only 5 training speakers"),
     (["--topology", "TOPOFILE", "--peers", "6", "--partition", "iid"], "peers=6"),
     (["--test-speakers", "spk99"], "spk99"),
+    (["--robust", "krum"], "robust merge 'krum'"),
+    (["--algorithm", "push-sum", "--robust", "median"], "push-sum has no robust merge"),
+    (["--byzantine", "9"], "byzantine '9'"),
+    (["--byzantine", "1", "--attack", "scale:abc"], "attack 'scale:abc'"),
 ])
 def test_cli_simulate_bad_input_is_one_line_and_exit_2(
     sim_corpus, sim_cache, tmp_path, capsys, args, needle,
@@ -358,3 +362,48 @@ def test_cli_topology_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("gossipser: error:") for line in err)
+
+
+# --- attacked simulations
+
+
+def _honest_drift(sim) -> float:
+    """How far the honest peers' final models lie from the honest peers' initial mean, in
+    units of the largest honest initial weight."""
+    init = np.stack([flatten(sim.setup.initial_params(i)) for i in sim.honest])
+    start, scale = init.mean(axis=0), np.abs(init).max()
+    return max(float(np.abs(flatten(sim.peers[i].params) - start).max())
+               for i in sim.honest) / scale
+
+
+def test_one_scaled_attacker_wrecks_plain_dpsgd_and_not_a_robust_merge(ds):
+    base = dict(algorithm="dpsgd", topology="regular:4", peers=8, rounds=15, local_epochs=0,
+                init="independent", eval_every=15, byzantine="ids:3", attack="scale:-10")
+    plain = simulate(ds, **base)
+    assert plain.setup.byzantine == {3} and plain.honest == [0, 1, 2, 4, 5, 6, 7]
+    assert _honest_drift(plain) > 10
+    init = np.stack([flatten(plain.setup.initial_params(i)) for i in plain.honest])
+    for rule in ("trimmed-mean:1", "median", "krum:1", "clip:auto"):
+        sim = simulate(ds, **base, robust=rule)
+        assert _honest_drift(sim) < (0.5 if rule.startswith(("krum", "clip")) else 1.0), rule
+        if rule in ("trimmed-mean:1", "median"):
+            # one attacker among each peer's five models: every honest value stays within the
+            # honest peers' initial range, coordinate by coordinate
+            final = np.stack([flatten(sim.peers[i].params) for i in sim.honest])
+            assert (final >= init.min(axis=0) - 1e-6).all(), rule
+            assert (final <= init.max(axis=0) + 1e-6).all(), rule
+
+
+@pytest.mark.parametrize(("algorithm", "attack"), [
+    ("dpsgd", "signflip"), ("dpsgd", "labelflip"), ("dpsgd", "gaussian:1"),
+    ("gossip-learning", "scale:-10"), ("gossip-learning", "stale")])
+def test_attacked_runs_with_a_robust_merge_finish_and_report_honest_peers(
+        ds, algorithm, attack):
+    sim = simulate(ds, algorithm=algorithm, topology="regular:4", peers=8, rounds=4,
+                   byzantine="2", attack=attack, robust="trimmed-mean:1", drop=0.2)
+    s = sim.summary(1.0)
+    assert s["byzantine"] == sorted(sim.setup.byzantine) and len(s["byzantine"]) == 2
+    assert s["attack"] == attack and s["robust"] == "trimmed-mean:1"
+    assert len(s["final"]["ua_per_peer"]) == 6
+    assert np.isfinite(s["final"]["ua_mean"]) and np.isfinite(s["final"]["consensus_distance"])
+    assert len(sim.rows) == 4

@@ -297,7 +297,7 @@ def gossip_config(args: Any, doc: dict):
     a = vars(args)
     keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
             "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
-            "patience", "private_layers")
+            "patience", "private_layers", "robust", "byzantine", "attack")
     return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")
 
 
@@ -318,13 +318,13 @@ def cmd_simulate(args: Any) -> int:
                       seed=args.seed)
     console.print(f"testing on speakers {', '.join(test)} ({len(setup.test_idx)} utterances)")
     out = Path(args.out)
+    shards = [setup.shard(i) for i in range(setup.n_peers)]
     display = args.display or ("live" if console.is_terminal else "plain")
     listeners = [MetricsWriter(out / "metrics.csv", CSV_COLUMNS)]
     if display == "live":
         listeners.append(LiveDisplay(console))
     elif display == "plain":
         listeners.append(PlainDisplay(console))
-    shards = [setup.shard(i) for i in range(setup.n_peers)]
     taps = []
     if args.record_messages:
         from gossipser.privacy.record import FILE, MessageLog

@@ -56,16 +56,21 @@ def network_setup(config: str, *, data: str | None, pid: int, fedavg: bool,
 
 
 def cmd_peer(args: Any) -> int:
+    from gossipser.gossip.byzantine import parse_attack
     from gossipser.net.runtime import run_peer
     from gossipser.ui.display import PeerStatusView
 
     console = make_console()
+    attack = parse_attack(args.byzantine)
     setup, net = network_setup(args.config, data=args.data, pid=args.id,
                                fedavg=args.mode == "fedavg", console=console)
+    if attack is not None:
+        console.print(f"peer {args.id}: [bold red]Byzantine[/], attack {attack} (for testing "
+                      "robust merges)")
     out = Path(args.out or f"runs/{setup.run_id}/peer-{args.id}")
     view = PeerStatusView(console, f"peer {args.id}")
     try:
-        summary = asyncio.run(run_peer(setup, args.id, net, out, status=view))
+        summary = asyncio.run(run_peer(setup, args.id, net, out, status=view, attack=attack))
     finally:
         view.close()
     f = summary["final"]

@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last or module names "
                    "(e.g. features.0.0), comma-separated")
+    g.add_argument("--robust", metavar="RULE", help="Byzantine-robust merge for dpsgd and "
+                   "gossip-learning: none (default), trimmed-mean:K, median, krum:F, clip:TAU, "
+                   "clip:auto")
+    g.add_argument("--byzantine", metavar="COUNT|IDS", help="simulated attackers: a count "
+                   "drawn from the seed (2) or peer ids (3,7 or ids:3)")
+    g.add_argument("--attack", metavar="ATTACK", help="what the Byzantine peers do: signflip "
+                   "(default), scale:X, gaussian:S, labelflip, stale")
     p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers (default: the "
                    "last sixth; IEMOCAP: the last session)")
     p.add_argument("--record-messages", type=int, default=0, metavar="ROUNDS",
@@ -164,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="metrics, checkpoint, model (default "
                    "runs/<run>/peer-<id>)")
     p.add_argument("--data", metavar="DIR", help="override [data] path")
+    p.add_argument("--byzantine", metavar="ATTACK", help="make this peer attack, to test "
+                   "robust merges: signflip, scale:X, gaussian:S, labelflip, stale")
 
     p = sub.add_parser("server", help="run the FedAvg aggregation server (for comparison)")
     p.add_argument("--config", required=True, metavar="FILE.toml")

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from gossipser.gossip.algorithms import Outbox, make_algorithm
+from gossipser.gossip.byzantine import Attack
 from gossipser.gossip.message import Message
-from gossipser.gossip.mixing import Params, copy_params
+from gossipser.gossip.mixing import Params, combine, copy_params
 from gossipser.gossip.private import public
+from gossipser.gossip.robust import RobustRule, merge_params
 
 _LOOK_AHEAD = 2  # rounds a fast neighbour's message may be ahead of ours and still be kept
 
@@ -30,6 +32,7 @@ class Peer:
         self, *, pid: int, neighbours: Sequence[int], algorithm: str, params: Params,
         samples: int, run: str, rng: np.random.Generator,
         mix_row: dict[int, float] | None = None, private: frozenset[str] = frozenset(),
+        robust: RobustRule | None = None, attack: Attack | None = None,
     ) -> None:
         self.pid = pid
         self.neighbours = tuple(sorted(neighbours))
@@ -44,6 +47,9 @@ class Peer:
         missing = self.private - set(params)
         if missing:
             raise ValueError(f"peer {pid}: private parameters {sorted(missing)} not in the model")
+        self.robust = robust  # a Byzantine-robust merge rule in place of the weighted average
+        self.attack = attack  # this peer is Byzantine: what it sends is forged
+        self._initial = copy_params(params) if attack is not None else {}
         self.age = 0.0  # local updates this model has seen
         # synchronous algorithms: arrivals by round, then sender (a fast neighbour may already
         # be one round ahead of us on a network)
@@ -88,10 +94,16 @@ class Peer:
                        age=self.age if age is None else age, samples=self.samples,
                        params=self.params, meta=meta)
 
+    def merge(self, states: Sequence[Params], weights: Sequence[float]) -> Params:
+        """Merge models (states[0]: this peer's own) by the weights, or by the robust rule."""
+        if self.robust is None:
+            return combine(states, weights)
+        return merge_params(self.robust, states, weights)
+
     # the exchange ------------------------------------------------------------------------
     def outgoing(self) -> Outbox:
         """Messages to send after local training in the current round."""
-        return self._public(self.strategy.outgoing(self))
+        return self._public(self._forged(self.strategy.outgoing(self)))
 
     def receive(self, msg: Message) -> Outbox:
         """Take in one message; returns replies (pairwise gossip answers a pull)."""
@@ -105,7 +117,7 @@ class Peer:
         kept = self._kept()
         replies = s.receive(self, self._completed(msg))
         self._restore(kept)
-        return self._public(replies)
+        return self._public(self._forged(replies))
 
     def end_round(self) -> None:
         """Synchronous algorithms mix what arrived; a missing neighbour's weight stays home."""
@@ -113,6 +125,14 @@ class Peer:
         inbox = {j: self._completed(m) for j, m in self.inbox.pop(self.round, {}).items()}
         self.strategy.end_round(self, inbox)
         self._restore(kept)
+
+    def _forged(self, outbox: Outbox) -> Outbox:
+        """A Byzantine peer's messages carry its attack's model instead of its own."""
+        if self.attack is None:
+            return outbox
+        return [(j, dataclasses.replace(m, params=self.attack.forge(
+                    m.params, initial=self._initial, rng=self.rng)) if m.params else m)
+                for j, m in outbox]
 
     # private layers ------------------------------------------------------------------------
     def _public(self, outbox: Outbox) -> Outbox:

@@ -21,10 +21,12 @@ from gossipser.data.dataset import Dataset, corpus_arrays, split_speakers
 from gossipser.data.features import FeatureConfig
 from gossipser.data.partition import parse_partition, partition
 from gossipser.errors import ConfigError
-from gossipser.gossip.algorithms import algorithm_class
+from gossipser.gossip.algorithms import ALGORITHMS, algorithm_class
+from gossipser.gossip.byzantine import Attack, byzantine_ids, parse_attack
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
 from gossipser.gossip.private import private_names, public
+from gossipser.gossip.robust import parse_robust
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.topology import build_topology
 from gossipser.learn.modelio import n_inputs
@@ -63,6 +65,13 @@ class GossipConfig:
     patience: int = 10
     # layers that stay on the device, never sent, never mixed (gossipser.gossip.private)
     private_layers: tuple[str, ...] = ()
+    # Byzantine-robust merge in place of the weighted average (gossipser.gossip.robust):
+    # none, trimmed-mean:K, median, krum:F, clip:TAU or clip:auto (dpsgd, gossip-learning)
+    robust: str = "none"
+    # simulated attackers (gossipser.gossip.byzantine): a count drawn from the seed, or ids
+    # ("3,7"); each sends what `attack` forges
+    byzantine: str = ""
+    attack: str = "signflip"
 
     def __post_init__(self) -> None:
         check_types(self, "gossip")
@@ -72,6 +81,12 @@ class GossipConfig:
             raise ConfigError(f"private layers need a gossip algorithm; {self.algorithm}'s "
                               "server evaluates one global model")
         algorithm_class(self.algorithm)  # an unknown name is a ConfigError listing the known
+        if parse_robust(self.robust) is not None and not algorithm_class(
+                self.algorithm).supports_robust:
+            robust_ok = ", ".join(n for n in ALGORITHMS if algorithm_class(n).supports_robust)
+            raise ConfigError(f"robust merge {self.robust!r}: {self.algorithm} has no robust "
+                              f"merge; use {robust_ok}")
+        parse_attack(self.attack)
         for name in ("drop", "churn", "stragglers"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"gossip {name} must be a probability in [0, 1)")
@@ -148,12 +163,23 @@ class RunSetup:
             return self.peer_steps(pid)
         return max(1, int(round(epochs * steps_per_epoch)))
 
-    def shard(self, pid: int) -> Shard:
+    def peer_attack(self, pid: int, attack: Attack | None = None) -> Attack | None:
+        """What peer `pid` does if it is Byzantine: `attack` (a networked peer's own flag), or
+        the run's attack when the config names it among `byzantine`; None: honest."""
+        if attack is not None:
+            return attack
+        return self.attack if pid in self.byzantine else None
+
+    def shard(self, pid: int, attack: Attack | None = None) -> Shard:
         idx = self.parts[pid]
         per_epoch = steps_per_epoch(len(idx), self.train.batch_size)
         planned = self.cfg.rounds * self.local_steps(pid, per_epoch)
+        y = self.dataset.labels[idx]
+        attack = self.peer_attack(pid, attack)
+        if attack is not None:
+            y = attack.flip_labels(y, len(self.dataset.classes))
         return Shard(peer=pid, x=self.dataset.inputs(self.model.view, idx),
-                     y=self.dataset.labels[idx], seed=peer_seed(self.seed, pid),
+                     y=y, seed=peer_seed(self.seed, pid),
                      planned_steps=planned)
 
     def pool_spec(self) -> PoolSpec:
@@ -172,7 +198,7 @@ class RunSetup:
                             n_classes=len(self.dataset.classes), seed=peer_seed(self.seed, pid))
         return get_state(model)
 
-    def make_peer(self, pid: int) -> Peer:
+    def make_peer(self, pid: int, attack: Attack | None = None) -> Peer:
         row = {int(j): float(self.mixing[pid, j]) for j in np.flatnonzero(self.mixing[pid])}
         uses_graph = algorithm_class(self.cfg.algorithm).uses_topology
         neighbours = list(self.graph.neighbors(pid)) if uses_graph else []
@@ -181,7 +207,19 @@ class RunSetup:
             params=self.initial_params(pid),
             samples=len(self.parts[pid]), run=self.run_id, mix_row=row,
             rng=np.random.default_rng([self.seed, 7, pid]), private=self.private,
+            robust=parse_robust(self.cfg.robust),
+            attack=self.peer_attack(pid, attack),
         )
+
+    @property
+    def byzantine(self) -> frozenset[int]:
+        """The peers that attack (`GossipConfig.byzantine`)."""
+        return byzantine_ids(self.cfg.byzantine, self.n_peers, self.seed)
+
+    @property
+    def attack(self) -> Attack | None:
+        """What the Byzantine peers do (`GossipConfig.attack`)."""
+        return parse_attack(self.cfg.attack)
 
     @property
     def private(self) -> frozenset[str]:
@@ -211,6 +249,10 @@ class RunSetup:
             "peer_utterances": [int(len(p)) for p in self.parts],
             **({"private_layers": sorted(self.private)} if self.private else {}),
             **({"dp": dp_description(self.train)} if self.train.dp is not None else {}),
+            **({"robust": str(parse_robust(self.cfg.robust))}
+               if parse_robust(self.cfg.robust) else {}),
+            **({"byzantine": sorted(self.byzantine), "attack": str(self.attack)}
+               if self.byzantine else {}),
         }
 
 
@@ -274,6 +316,7 @@ def plan_run(
         graph = nx.star_graph(peers - 1)
         graph.graph["name"] = "server"
     mixing = mixing_matrix(graph, cfg.mixing) if algo.uses_mixing else np.eye(peers)
+    byzantine_ids(cfg.byzantine, len(parts), seed)  # a bad id or count: one line, now
     return RunPlan(
         cfg=cfg, seed=seed, run_id=run_id or run_id_for(seed, cfg),
         test_paths=tuple(paths[i] for i in test_idx),

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gossipser.errors import ConfigError, TransportError
+from gossipser.gossip.byzantine import Attack
 from gossipser.gossip.message import SERVER_ID, Message, ModelSpec
 from gossipser.gossip.mixing import Params
 from gossipser.gossip.plan import RunSetup
@@ -100,15 +101,16 @@ class Checkpoint:
 
 async def run_peer(
     setup: RunSetup, pid: int, net: NetworkConfig, out: Path, *, status: Status | None = None,
-    hub: MemoryHub | None = None, secret: bytes | None = None,
+    hub: MemoryHub | None = None, secret: bytes | None = None, attack: Attack | None = None,
 ) -> dict:
-    """Run gossip peer `pid` to the end; returns its summary (also written to OUT)."""
+    """Run gossip peer `pid` to the end; returns its summary (also written to OUT). With
+    `attack`, this peer is Byzantine (`gossipser peer --byzantine`: tests robust merges)."""
     if not 0 <= pid < setup.n_peers:
         raise ConfigError(f"--id {pid} is not a peer of this run (0..{setup.n_peers - 1})")
     out.mkdir(parents=True, exist_ok=True)
     cfg = setup.cfg
-    peer = setup.make_peer(pid)
-    pool = SerialPool(setup.pool_spec(), [setup.shard(pid)])
+    peer = setup.make_peer(pid, attack=attack)
+    pool = SerialPool(setup.pool_spec(), [setup.shard(pid, attack=attack)])
     trainer = pool.trainer(pid)
     ckpt = Checkpoint(out / "checkpoint.npz", setup.run_id)
     start, rows = 1, []

@@ -72,6 +72,9 @@ class Simulator:
         self.listeners = list(listeners)
         self.rng = np.random.default_rng([setup.seed, 11])
         self.peers = [setup.make_peer(i) for i in range(setup.n_peers)]
+        # metrics, the averaged model and the plateau rule follow the honest peers only
+        self.byzantine = setup.byzantine
+        self.honest = [i for i in range(setup.n_peers) if i not in self.byzantine]
         self.server: FedAvgServer | None = (
             setup.make_server() if self.cfg.algorithm == "fedavg" else None)
         self.steps_per_epoch = pool.steps_per_epoch()
@@ -156,13 +159,14 @@ class Simulator:
 
     def _row(self, r: int, online: set[int], losses: dict[int, float], evaluate: bool,
              t0: float) -> tuple[dict, tuple[PeerStatus, ...]]:
-        states = [p.params for p in self.peers]
-        dist, per_peer = consensus_distance_of(states, skip=self.private)
+        states = [self.peers[i].params for i in self.honest]
+        dist, honest_dist = consensus_distance_of(states, skip=self.private)
+        per_peer = dict(zip(self.honest, honest_dist, strict=True))
         peer_bytes = [self.bytes_sent[i] for i in range(len(self.peers))]
         row: dict = {c: "" for c in CSV_COLUMNS}
         row.update(
             round=r, consensus_distance=dist, online=len(online),
-            loss_mean=float(np.mean(list(losses.values()))) if losses else float("nan"),
+            loss_mean=self._honest_loss(losses),
             messages_sent=self.messages_sent, messages_dropped=self.messages_dropped,
             bytes_sent_total=sum(self.bytes_sent.values()),
             bytes_per_peer_mean=float(np.mean(peer_bytes)),
@@ -177,17 +181,21 @@ class Simulator:
                    else combine(states, [1.0] * len(states)))
             scores = self.pool.evaluate(states + [avg])
             peer_scores, avg_score = scores[:-1], scores[-1]
-            uas = [s.ua for s in peer_scores]
+            for i, sc in zip(self.honest, peer_scores, strict=True):
+                uas[i] = sc.ua
+            honest_uas = [sc.ua for sc in peer_scores]
             row.update(
-                ua_mean=float(np.mean(uas)), ua_min=float(np.min(uas)),
-                ua_max=float(np.max(uas)), wa_mean=float(np.mean([s.wa for s in peer_scores])),
+                ua_mean=float(np.mean(honest_uas)), ua_min=float(np.min(honest_uas)),
+                ua_max=float(np.max(honest_uas)),
+                wa_mean=float(np.mean([s.wa for s in peer_scores])),
                 macro_f1_mean=float(np.mean([s.macro_f1 for s in peer_scores])),
                 ua_avg_model=avg_score.ua, wa_avg_model=avg_score.wa,
             )
             self.last_scores = (peer_scores, avg_score)
         statuses = tuple(
             PeerStatus(peer=i, online=i in online, ua=uas[i], loss=losses.get(i),
-                       distance=float(per_peer[i]), bytes_sent=self.bytes_sent[i])
+                       distance=float(per_peer.get(i, float("nan"))),
+                       bytes_sent=self.bytes_sent[i])
             for i in range(len(self.peers))
         )
         return row, statuses
@@ -218,9 +226,8 @@ class Simulator:
         p = self.cfg.patience
         if p == 0:
             return None
-        trained = [v for v in losses.values() if not np.isnan(v)]
-        self._loss.append(float(np.mean(trained)) if trained else np.nan)
-        self._dist.append(consensus_distance_of([q.params for q in self.peers],
+        self._loss.append(self._honest_loss(losses))
+        self._dist.append(consensus_distance_of([self.peers[i].params for i in self.honest],
                                                 skip=self.private)[0])
         if r < 2 * p:
             return None
@@ -233,6 +240,10 @@ class Simulator:
                     f"{100 * (l1 / l0 - 1):+.1f} % and the consensus distance by "
                     f"{100 * (d1 / d0 - 1):+.1f} % against the {p} rounds before")
         return None
+
+    def _honest_loss(self, losses: dict[int, float]) -> float:
+        trained = [v for i, v in losses.items() if i not in self.byzantine and not np.isnan(v)]
+        return float(np.mean(trained)) if trained else float("nan")
 
     def summary(self, wall_s: float) -> dict:
         last = self.rows[-1]
@@ -259,7 +270,7 @@ class Simulator:
                 "macro_f1_avg_model": avg_score.macro_f1,
                 "consensus_distance": last["consensus_distance"],
                 "confusion_avg_model": avg_score.confusion.tolist(),
-                "ua_per_peer": [s.ua for s in peer_scores],
+                "ua_per_peer": [s.ua for s in peer_scores],  # honest peers, in id order
                 **({"epsilon": privacy["epsilon_max"]} if privacy else {}),
             },
         }

@@ -55,6 +55,15 @@ def _fmt(v):
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
+def defence_text(info: dict) -> str:
+    """', robust merge median; Byzantine peers 1, 4 (signflip)' or ''."""
+    text = f", robust merge {info['robust']}" if info.get("robust") else ""
+    if info.get("byzantine"):
+        text += (f"; Byzantine peers {', '.join(map(str, info['byzantine']))} "
+                 f"({info['attack']}), left out of the metrics")
+    return text
+
+
 class PlainDisplay:
     """One log line per evaluated round (CI, pipes, --display plain)."""
 
@@ -67,7 +76,8 @@ class PlainDisplay:
             self.console.print(
                 f"simulate: {i['algorithm']} on {i['topology']}, {i['peers']} peers, "
                 f"{i['rounds']} rounds, {i['model']} on {i['corpus']} "
-                f"({len(i['classes'])} classes), {i['workers']} worker process(es)")
+                f"({len(i['classes'])} classes), {i['workers']} worker process(es)"
+                + defence_text(i))
         elif isinstance(event, RoundFinished) and event.row["ua_mean"] != "":
             r = event.row
             self.console.print(
@@ -122,6 +132,7 @@ class LiveDisplay:
             ("gossipser ", "bold"), f"{i.get('algorithm')} on {i.get('topology')} · ",
             f"{i.get('peers')} peers · {i.get('model')} · {i.get('corpus')} · ",
             f"{len(i.get('classes', []))} classes · {i.get('workers')} workers",
+            (defence_text(i), "red"),
         )
         ev = self.last
         done = ev.round if ev else 0
@@ -155,12 +166,15 @@ class LiveDisplay:
             return table
         peers = self.last.peers
         shown = peers[: self.max_rows]
+        byzantine = set(self.info.get("byzantine", ()))
         for p in shown:
             table.add_row(
                 str(p.peer), "" if p.ua is None else f"{p.ua:.3f}",
                 "" if p.loss is None or not math.isfinite(p.loss) else f"{p.loss:.3f}",
-                f"{p.distance:.3g}", f"{p.bytes_sent / 1e6:.2f}",
-                "[green]online[/]" if p.online else "[red]offline[/]",
+                "" if not math.isfinite(p.distance) else f"{p.distance:.3g}",
+                f"{p.bytes_sent / 1e6:.2f}",
+                "[bold red]byzantine[/]" if p.peer in byzantine
+                else "[green]online[/]" if p.online else "[red]offline[/]",
             )
         if len(peers) > len(shown):
             table.add_row("…", "", "", "", "", f"{len(peers) - len(shown)} more")

@@ -37,6 +37,7 @@ class Algorithm:
     buffered_kind: ClassVar[str | None] = None  # synchronous: the message kind kept by round
     uses_topology: ClassVar[bool] = True  # FedAvg clients talk to the server only
     uses_mixing: ClassVar[bool] = False  # needs the peer's row of the mixing matrix
+    supports_robust: ClassVar[bool] = False  # merges through Peer.merge (a robust rule)
 
     def check(self, peer: Peer) -> None:
         """Raise ConfigError when `peer` lacks what this algorithm needs."""

@@ -1,11 +1,12 @@
 """D-PSGD (Lian et al. 2017): every round, send the model to all neighbours and replace it
 by the mixing-matrix-weighted average of what arrived; a missing neighbour's weight stays home.
+With a robust rule (`gossipser.gossip.robust`) the peer merges its own model and what arrived
+by that rule instead.
 """
 
 from __future__ import annotations
 
 from gossipser.gossip.algorithms.base import Algorithm, Outbox, register
-from gossipser.gossip.mixing import combine
 
 
 @register
@@ -14,6 +15,7 @@ class DPSGD(Algorithm):
     synchronous = True
     buffered_kind = "model"
     uses_mixing = True
+    supports_robust = True
 
     def outgoing(self, peer) -> Outbox:
         return [(j, peer.message("model")) for j in peer.neighbours]
@@ -23,5 +25,5 @@ class DPSGD(Algorithm):
         own = row.get(peer.pid, 0.0) + sum(
             w for j, w in row.items() if j != peer.pid and j not in inbox)
         senders = sorted(inbox)
-        peer.params = combine([peer.params] + [inbox[j].params for j in senders],
+        peer.params = peer.merge([peer.params] + [inbox[j].params for j in senders],
                               [own] + [row[j] for j in senders])
