@@ -401,6 +401,13 @@ def sign(body: bytes) -> bytes:
 
 def hostile_frames(setup: RunSetup) -> list[tuple[str, bytes]]:
     """Frames peer 0 must refuse, each with the reason it should be counted under."""
+    now = time.time_ns() // 1000
+
+    def model(**fields) -> bytes:  # signed with the run's secret, as a key holder can
+        fields = {"kind": "model", "run": setup.run_id, "sender": 1, "round": 1,
+                  "params": setup.init, **fields}
+        return encode(Message(**fields), secret=SECRET)
+
     good = Message(kind="model", run=setup.run_id, sender=1, round=1, samples=9,
                    params=setup.init)
     frame = encode(good, secret=SECRET)
@@ -422,6 +429,13 @@ def hostile_frames(setup: RunSetup) -> list[tuple[str, bytes]]:
         ("sender is not a neighbour", encode(Message(
             kind="model", run=setup.run_id, sender=2, round=1, params=setup.init),
             secret=SECRET)),
+        ("no sequence number", model(meta={"to": 0})),
+        ("wrong destination", model(meta={"to": 2, "seq": now + 1})),
+        ("round beyond the run", model(round=10**9, meta={"to": 0, "seq": now + 2})),
+        ("round beyond the run", encode(Message(kind="hello", run=setup.run_id, sender=3,
+                                                round=10**9, meta={"to": 0, "seq": now}),
+                                        secret=SECRET)),
+        ("stale", model(meta={"to": 0, "seq": now - 3600 * 10**6})),  # an hour old
     ]
 
 
@@ -453,6 +467,11 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
 
     async def attack() -> None:
         await round_one.wait()
+        # what peer 1 really sent peer 0 in round 1, replayed twice
+        replays = [f for f in transports[1].sent
+                   if decode(f, secret=SECRET).meta.get("to") == 0][:1] * 2
+        assert replays
+        frames.extend(("replayed", f) for f in replays)
         stream = b"".join(len(f).to_bytes(4, "big") + f for _, f in frames)
         await send_raw(port, stream)
         await send_raw(port, (2**32 - 1).to_bytes(4, "big") + b"x" * 64)  # oversized

@@ -238,6 +238,30 @@ async def test_tcp_garbage_and_oversized_frames_are_dropped_and_counted() -> Non
         assert t0.stats.frames_received == 1
 
 
+async def test_tcp_connection_flood_and_slow_frames_are_cut_off_and_counted() -> None:
+    async with asyncio.timeout(20):
+        cfg0, cfg1 = tcp_configs(2, max_connections=8, frame_timeout=0.5)
+        host, port = cfg0.addresses[0]
+        async with TcpTransport(cfg0) as t0, TcpTransport(cfg1) as t1:
+            # one slow writer: the length, then a few bytes of the body, then nothing
+            slow_r, slow_w = await asyncio.open_connection(host, port)
+            slow_w.write((1000).to_bytes(4, "big") + b"abc")
+            await slow_w.drain()
+            # twenty idle connections: eight are held at most, the rest closed at once
+            idle = [await asyncio.open_connection(host, port) for _ in range(20)]
+            await eventually(lambda: t0.stats.slow_dropped == 1)
+            assert await slow_r.read() == b""  # the node hung up on the slow writer
+            await eventually(lambda: t0.stats.connections_refused >= 12)
+            for _, w in idle:
+                w.close()
+            slow_w.close()
+            # the node still takes frames from its real neighbour
+            await eventually(lambda: len(t0._handlers) < 8)
+            await t1.send(0, b"legit after the flood")
+            assert await take(t0, 1) == [b"legit after the flood"]
+        assert t0.stats.truncated_dropped == 0
+
+
 async def test_tcp_listen_address_in_use_is_a_transport_error() -> None:
     async with asyncio.timeout(5):
         cfg0, _ = tcp_configs(2)

@@ -145,8 +145,11 @@ def frame_length_prefix(frame: bytes | bytearray | memoryview) -> bytes:
     return b"".join((size.to_bytes(_LEN_PREFIX, "big"), frame))
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_FRAME) -> bytes:
-    """Read one length-prefixed frame; WireError on an oversized length, TransportError on EOF.
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_FRAME,
+                     body_timeout: float | None = None) -> bytes:
+    """Read one length-prefixed frame; WireError on an oversized length, TransportError on EOF
+    or when the body takes longer than `body_timeout` seconds after its length arrived
+    (TimeoutError is then its cause).
 
     After a WireError the stream is out of step: the caller must close the connection.
     """
@@ -158,7 +161,10 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
         if size > limit:
             raise WireError(f"wire: peer announced a {size}-byte frame, limit is {limit}")
         what = f"{size}-byte frame"
-        return await reader.readexactly(size)
+        async with asyncio.timeout(body_timeout):
+            return await reader.readexactly(size)
+    except TimeoutError as exc:
+        raise TransportError(f"wire: the {what} took over {body_timeout} s") from exc
     except asyncio.IncompleteReadError as exc:
         if what == "length prefix" and not exc.partial:
             raise TransportError("wire: connection closed") from exc

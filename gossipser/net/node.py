@@ -2,8 +2,19 @@
 
 A `NetNode` owns a transport, turns messages into authenticated frames and back, rejects
 and counts anything that does not check out (bad frame, bad tag, other run, wrong shapes,
-non-finite values, a sender that is not a neighbour), and answers `hello`s, so that nodes
-started at different moments find each other. It holds no learning logic.
+non-finite values, a sender that is not a neighbour, a round beyond the run, a replayed or
+stale frame), and answers `hello`s, so that nodes started at different moments find each
+other. It holds no learning logic.
+
+Replay protection: every frame a node sends carries `seq`, a per-sender number that only
+grows and follows the wall clock (microseconds since the epoch, or one more than the last
+when the clock has not moved), inside the authenticated part of the frame. A receiver keeps,
+per sender, the numbers seen within `REPLAY_WINDOW_US` of the highest (frames of one sender
+may overtake each other by that much) and drops a number seen before, one below that window,
+or one older than `max_frame_age` seconds (a frame recorded in an earlier run). The highest
+number per sender is kept across a checkpoint, so a restarted peer cannot be fed old frames.
+Every frame also names its destination (`to`), so a frame sent to one neighbour cannot be
+replayed to another.
 """
 
 from __future__ import annotations
@@ -22,6 +33,49 @@ from gossipser.gossip.message import Message, ModelSpec
 from gossipser.gossip.wire import decode, encode
 
 Handler = Callable[[Message], Awaitable[None]]
+REPLAY_WINDOW_US = 30_000_000  # how far (in sequence numbers: microseconds) frames may reorder
+
+
+class ReplayGuard:
+    """Per-sender sequence numbers: `check` says why a number must be dropped, or None."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_us = int(max_age_s * 1e6)
+        self.highest: dict[int, int] = {}
+        self.seen: dict[int, set[int]] = {}
+        self.floor: dict[int, int] = {}  # restored from a checkpoint: nothing at or below
+
+    def check(self, sender: int, seq: object, now_us: int) -> str | None:
+        if type(seq) is not int:
+            return "no sequence number"
+        high = self.highest.get(sender)
+        seen = self.seen.setdefault(sender, set())
+        if seq in seen or seq <= self.floor.get(sender, -1):
+            return "replayed"
+        if seq < now_us - self.max_age_us:
+            return "stale"
+        if high is not None and seq <= high - REPLAY_WINDOW_US:
+            return "replayed"
+        seen.add(seq)
+        if high is None or seq > high:
+            self.highest[sender] = seq
+            cut = seq - REPLAY_WINDOW_US
+            if len(seen) > 64:
+                self.seen[sender] = {s for s in seen if s > cut}
+        return None
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint keeps: the highest number per sender."""
+        return {str(k): v for k, v in self.highest.items()}
+
+    def restore(self, state: dict) -> None:
+        for k, v in state.items():
+            self.floor[int(k)] = int(v)
+            self.highest[int(k)] = max(self.highest.get(int(k), 0), int(v))
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)
@@ -39,6 +93,9 @@ class NetworkConfig:
     wait_timeout: float = 20.0  # longest wait for a neighbour's (or a client's) message
     send_timeout: float = 5.0
     start_timeout: float = 120.0  # longest wait for the neighbours to show up at start
+    # a frame whose sequence number (its sender's clock) is older than this many seconds is
+    # dropped as stale: a frame recorded in an earlier run cannot be replayed into this one
+    max_frame_age: float = 300.0
     # a peer keeps the models its neighbours sent it in rounds 1..N (OUT/messages.npz):
     # what an honest-but-curious neighbour holds (gossipser.privacy.record); 0: nothing
     record_messages: int = 0
@@ -49,7 +106,7 @@ class NetworkConfig:
             raise ConfigError(f"[network] transport must be tcp or mqtt, got {self.transport!r}")
         if self.record_messages < 0:
             raise ConfigError("[network] record_messages must be >= 0")
-        for name in ("wait_timeout", "send_timeout", "start_timeout"):
+        for name in ("wait_timeout", "send_timeout", "start_timeout", "max_frame_age"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[network] {name} must be > 0 seconds")
 
@@ -64,7 +121,8 @@ class NetNode:
 
     def __init__(
         self, *, node: int, transport, secret: bytes, run: str, spec: ModelSpec,
-        allowed: Iterable[int], on_message: Handler,
+        allowed: Iterable[int], on_message: Handler, max_round: int | None = None,
+        max_frame_age: float = 300.0,
     ) -> None:
         self.node = node
         self.transport = transport
@@ -79,10 +137,15 @@ class NetNode:
         self.heard_round: dict[int, int] = {}  # latest round each node told us about
         self._changed = asyncio.Event()
         self.round = 0  # the owner's current round, told to nodes that say hello
+        self.max_round = max_round  # a frame claiming a later round is dropped
+        self.replay = ReplayGuard(max_frame_age)
+        self._seq = 0  # the last sequence number this node sent
 
     # sending ---------------------------------------------------------------------------
     async def send(self, dest: int, msg: Message) -> bool:
         """Send one message; False (counted) when the destination cannot be reached."""
+        self._seq = max(self._seq + 1, now_us())
+        msg = dataclasses.replace(msg, meta={**msg.meta, "seq": self._seq, "to": dest})
         try:
             await self.transport.send(dest, encode(msg, secret=self.secret))
             return True
@@ -106,6 +169,16 @@ class NetNode:
             return None
         if msg.sender not in self.allowed:
             self.rejected["sender is not a neighbour"] += 1
+            return None
+        if self.max_round is not None and msg.round > self.max_round:
+            self.rejected["round beyond the run"] += 1
+            return None
+        if msg.meta.get("to") != self.node:  # a frame meant for another node, replayed here
+            self.rejected["wrong destination"] += 1
+            return None
+        why = self.replay.check(msg.sender, msg.meta.get("seq"), now_us())
+        if why is not None:
+            self.rejected[why] += 1
             return None
         return msg
 

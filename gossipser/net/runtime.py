@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -47,7 +48,8 @@ async def _connected(
     async with open_transport(transport_config(setup, net, node_id), hub=hub) as transport:
         node = NetNode(node=node_id, transport=transport, secret=secret, run=setup.run_id,
                        spec=ModelSpec.from_params(setup.message_params()), allowed=allowed,
-                       on_message=on_message)
+                       on_message=on_message, max_round=setup.cfg.rounds + 1,
+                       max_frame_age=net.max_frame_age)
         receiver = asyncio.create_task(node.receive_loop())
         try:
             yield node
@@ -57,46 +59,86 @@ async def _connected(
 
 
 def transport_config(setup: RunSetup, net: NetworkConfig, node: int) -> TransportConfig:
-    """Listen addresses from the topology's node attributes, else host:base_port+id."""
+    """Listen addresses from the topology's node attributes, else host:base_port+id; frame and
+    connection limits from what this run needs (a model message plus a margin; two inbound
+    connections per node that may talk to this one, plus some for reconnects)."""
     addresses = {SERVER_ID: (net.server_host, net.server_port)}
     for pid in range(setup.n_peers):
         attrs = setup.graph.nodes[pid] if pid in setup.graph else {}
         addresses[pid] = (str(attrs.get("host", net.host)), int(attrs.get("port",
                                                                           net.base_port + pid)))
+    model_bytes = sum(int(a.nbytes) + 64 for a in setup.message_params().values())
+    talkers = (setup.n_peers if node == SERVER_ID
+               else setup.graph.degree(node) + 1 if node in setup.graph else setup.n_peers)
     return TransportConfig(
         kind=net.transport, node=node, addresses=addresses if net.transport == "tcp" else {},
         broker_host=net.broker_host, broker_port=net.broker_port, run=setup.run_id,
-        send_timeout=net.send_timeout,
+        send_timeout=net.send_timeout, max_frame=model_bytes + model_bytes // 4 + 65536,
+        max_connections=2 * talkers + 16,
     )
 
 
 class Checkpoint:
-    """OUT/checkpoint.npz: parameters, trainer state and a JSON header, written atomically."""
+    """OUT/checkpoint.npz: parameters, trainer state and a JSON header, written atomically
+    (a temporary file, then a rename); the one before stays as checkpoint.prev.npz, so a
+    damaged checkpoint costs one round, not the run."""
 
     def __init__(self, path: Path, run: str) -> None:
         self.path = path
+        self.prev = path.with_name(path.stem + ".prev.npz")
         self.run = run
+        self.notes: list[str] = []  # what went wrong, one line each, for the peer's log
 
-    def save(self, *, params: Params, extra: dict[str, np.ndarray], header: dict) -> None:
+    def save(self, *, params: Params, extra: dict[str, np.ndarray], header: dict) -> bool:
+        """Write the checkpoint; False (with a note) when the disk or the file table is full:
+        the peer goes on training and tries again next round."""
         tmp = self.path.with_suffix(".tmp.npz")
         arrays = {f"p.{k}": v for k, v in params.items()} | extra
         meta = np.frombuffer(json.dumps({"run": self.run, **header}).encode(), dtype=np.uint8)
-        np.savez(tmp, _header=meta, **arrays)
-        os.replace(tmp, self.path)
+        try:
+            np.savez(tmp, _header=meta, **arrays)
+            if self.path.exists():
+                os.replace(self.path, self.prev)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self.notes.append(f"checkpoint not saved ({exc.strerror or exc}); will retry")
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _read(self, path: Path) -> tuple[Params, dict[str, np.ndarray], dict]:
+        # an open file of our own: np.load leaks the one it opens when the zip is damaged
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            header = json.loads(bytes(z["_header"]).decode())
+            params = {k[2:]: z[k] for k in z.files if k.startswith("p.")}
+            extra = {k: z[k] for k in z.files if not k.startswith(("p.", "_header"))}
+        if not isinstance(header, dict) or not isinstance(header.get("round"), int):
+            raise ValueError("its header has no round")
+        return params, extra, header
 
     def load(self) -> tuple[Params, dict[str, np.ndarray], dict] | None:
-        if not self.path.exists():
-            return None
-        try:
-            with np.load(self.path, allow_pickle=False) as z:
-                header = json.loads(bytes(z["_header"]).decode())
-                params = {k[2:]: z[k] for k in z.files if k.startswith("p.")}
-                extra = {k: z[k] for k in z.files if not k.startswith(("p.", "_header"))}
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"checkpoint {self.path} is damaged ({exc}); delete it") from None
-        if header.get("run") != self.run:
-            return None  # another run's checkpoint: start afresh
-        return params, extra, header
+        """The last good checkpoint of this run, or None; a damaged one is skipped with a
+        note (the previous one is used), and only two damaged ones are an error."""
+        damaged = []
+        for path in (self.path, self.prev):
+            if not path.exists():
+                continue
+            try:
+                params, extra, header = self._read(path)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                damaged.append(f"{path.name} is damaged ({exc})")
+                continue
+            if header.get("run") != self.run:
+                return None  # another run's checkpoint: start afresh
+            if damaged:
+                self.notes.append(f"{damaged[0]}; resuming from {path.name}, round "
+                                  f"{header['round']}")
+            return params, extra, header
+        if damaged:
+            raise ConfigError(f"checkpoint {self.path}: {'; '.join(damaged)}; delete them to "
+                              "start afresh") from None
+        return None
 
 
 async def run_peer(
@@ -141,6 +183,12 @@ async def run_peer(
     t0 = time.perf_counter()
     async with _connected(setup, net, pid, secret=secret, allowed=allowed,
                           on_message=on_message, hub=hub) as node:
+        if saved is not None:  # frames seen before the restart stay refused
+            node.replay.restore(saved[2].get("replay", {}))
+        if status:
+            for note in ckpt.notes:
+                status({"note": note})
+        ckpt.notes.clear()
         silent = await node.handshake(allowed, round_=start, timeout=net.start_timeout)
         if silent and status:
             status({"note": f"no answer from {sorted(silent)}; going on without them"})
@@ -186,9 +234,13 @@ async def run_peer(
                        **_counters(node), wall_s=round(time.perf_counter() - t0, 2))
             rows.append(row)
             ckpt.save(params=peer.params, extra=trainer.state(),
-                      header={"round": r, **peer.state(), "rows": rows})
+                      header={"round": r, **peer.state(), "rows": rows,
+                                  "replay": node.replay.state()})
             if status:
+                for note in ckpt.notes:
+                    status({"note": note})
                 status(row)
+            ckpt.notes.clear()
             r += 1
         if cfg.algorithm == "fedavg":  # the last global model
             await node.wait_until(lambda: busy["global"] > cfg.rounds, net.wait_timeout)
@@ -209,8 +261,10 @@ async def run_peer(
 
 
 def _ahead(node: NetNode, allowed: set[int]) -> int:
-    """The round the neighbours are in (0 when we have heard nothing)."""
-    return max((node.heard_round.get(j, 0) for j in allowed), default=0)
+    """The latest round a majority of the neighbours have reached (0 when we have heard from
+    too few): one neighbour's claim alone, honest or forged, never moves a peer ahead."""
+    rounds = sorted((node.heard_round.get(j, 0) for j in allowed), reverse=True)
+    return rounds[len(rounds) // 2] if rounds else 0
 
 
 def _past(node: NetNode, r: int) -> set[int]:
@@ -230,7 +284,8 @@ def _rejections(node: NetNode) -> dict[str, int]:
     """Frames refused by the checks, plus those the transport dropped before decoding."""
     st = node.transport.stats
     dropped = {"oversized": st.oversized_dropped, "truncated": st.truncated_dropped,
-               "inbox overflow": st.overflow_dropped}
+               "inbox overflow": st.overflow_dropped,
+               "connection limit": st.connections_refused, "slow frame": st.slow_dropped}
     return dict(node.rejected) | {k: v for k, v in dropped.items() if v}
 
 

@@ -126,6 +126,10 @@ class TcpTransport:
         return writer
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._handlers) >= self.cfg.max_connections:  # a flood: keep what we hold
+            self.stats.connections_refused += 1
+            _abort((reader, writer))
+            return
         # Our own task rather than a coroutine callback: Python 3.11's start_server logs a
         # spurious "Unhandled exception" when it sees its handler task cancelled.
         task = asyncio.create_task(self._serve(reader, writer))
@@ -136,7 +140,8 @@ class TcpTransport:
         """One inbound connection: read frames until EOF; bad framing closes only it."""
         try:
             while True:
-                frame = await wire.read_frame(reader, self.cfg.max_frame)
+                frame = await wire.read_frame(reader, self.cfg.max_frame,
+                                              self.cfg.frame_timeout)
                 self.stats.frames_received += 1
                 self.stats.bytes_received += len(frame)
                 await self._inbox.put(frame)  # a full inbox stops reading: TCP backpressure
@@ -144,7 +149,10 @@ class TcpTransport:
             self.stats.oversized_dropped += 1
         except TransportError as exc:  # EOF or reset; count it when it cut a frame short
             cut = exc.__cause__
-            if isinstance(cut, asyncio.IncompleteReadError) and (cut.partial or cut.expected != 4):
+            if isinstance(cut, TimeoutError):
+                self.stats.slow_dropped += 1
+            elif isinstance(cut, asyncio.IncompleteReadError) and (
+                    cut.partial or cut.expected != 4):
                 self.stats.truncated_dropped += 1
         finally:
             await _close_writer(writer)

@@ -51,6 +51,10 @@ class TransportConfig:
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
     inbox_size: int = 256  # frames received but not yet taken by incoming()
+    # tcp: inbound connections held at once (more are closed at once, and counted), and the
+    # seconds a frame's body may take once its length has arrived (a slow writer is cut off)
+    max_connections: int = 64
+    frame_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -72,7 +76,11 @@ class TransportConfig:
                     f"transport: {name} must be printable text without + # (or / in run), "
                     f"got {value!r}"
                 )
-        for name in ("connect_timeout", "send_timeout", "backoff_initial", "backoff_max"):
+        if not _is_int(self.max_connections) or self.max_connections < 1:
+            raise ConfigError(f"transport: max_connections must be >= 1, got "
+                              f"{self.max_connections!r}")
+        for name in ("connect_timeout", "send_timeout", "backoff_initial", "backoff_max",
+                     "frame_timeout"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"transport: {name} must be > 0 seconds, got {value!r}")
@@ -97,6 +105,8 @@ class TransportStats:
     oversized_dropped: int = 0  # frames (tcp: connections) refused for exceeding max_frame
     truncated_dropped: int = 0  # tcp connections that closed in the middle of a frame
     overflow_dropped: int = 0  # mqtt frames dropped because the inbox was full
+    connections_refused: int = 0  # tcp connections closed at once: max_connections reached
+    slow_dropped: int = 0  # tcp connections cut off: a frame took over frame_timeout
 
 
 class Transport(Protocol):
