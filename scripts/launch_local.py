@@ -11,6 +11,11 @@ OUT/corpus. MQTT gets a private mosquitto on 127.0.0.1; TCP gets free loopback p
 launcher shows the peers' progress (from their checkpoints), writes OUT/summary.json with the
 fields of `gossipser simulate`, exits non-zero when a process failed and stops every process
 it started, also on Ctrl-C or SIGTERM.
+
+With --secure the launcher makes a run CA and a key per node (OUT/keys, `gossipser keys`):
+every frame is signed by its sender, TCP links use mutual TLS, and MQTT goes through a
+mosquitto that takes TLS clients with a certificate of the run only, with an ACL that lets
+each peer write to its neighbours' inboxes and read its own.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="rounds (default: the config's, else 5)")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="stop everything after this many seconds (default 3600)")
+    p.add_argument("--secure", action="store_true",
+                   help="per-peer keys, signed frames, TLS (and an MQTT ACL)")
     p.add_argument("--out", required=True, metavar="DIR")
     args = p.parse_args(argv)
     if args.peers < 2:
@@ -253,6 +260,23 @@ def collect(config: Path, out: Path, *, peers: int, fedavg: bool, transport: str
     }
 
 
+def start_broker(doc: dict, *, port: int, peers: int, secure: bool, fedavg: bool):
+    """A private mosquitto for the run; with `secure`, TLS only and the run's ACL."""
+    from gossipser.gossip.topology import build_topology
+    from gossipser.net.broker import Mosquitto, acl_text
+
+    if not secure:
+        broker = Mosquitto(port=port)
+    else:
+        gossip, data = doc["gossip"], doc["data"]
+        graph = build_topology(gossip.get("topology", "auto"), peers=peers,
+                               seed=int(data.get("seed", 0)))
+        acl = acl_text(graph, prefix="gossipser", run=data["run"], fedavg=fedavg)
+        broker = Mosquitto(port=port, keys=doc["network"]["keys"], acl=acl)
+    broker.start()
+    return broker
+
+
 # main ------------------------------------------------------------------------------------
 def _raise_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop processes
@@ -263,22 +287,36 @@ def launch(args: argparse.Namespace, console: Console) -> int:
     procs: list[Proc] = []
     broker = None
     try:
-        if args.transport == "mqtt":
-            from gossipser.net.broker import Mosquitto
+        network = None
+        if args.secure:
+            import shutil
 
-            broker = Mosquitto()
-            broker.start()
+            from gossipser.net.keys import make_keys
+
+            keys = out / "keys"
+            shutil.rmtree(keys, ignore_errors=True)  # a fresh CA for every launch
+            make_keys(keys, args.peers)
+            network = {"keys": str(keys.resolve())}
+        broker_port = None
+        if args.transport == "mqtt":
+            from gossipser.net.broker import free_port
+
+            broker_port = free_port()
         config = write_run_config(
             out, peers=args.peers, transport=args.transport, algorithm=args.algorithm,
-            rounds=args.rounds, config=args.config,
-            broker_port=broker.port if broker is not None else None)
+            rounds=args.rounds, config=args.config, broker_port=broker_port, network=network)
         doc = read_config(config)
         algorithm, rounds = doc["gossip"].get("algorithm", "dpsgd"), doc["gossip"]["rounds"]
         fedavg = algorithm == "fedavg"
+        if args.transport == "mqtt":
+            broker = start_broker(doc, port=broker_port, peers=args.peers, secure=args.secure,
+                                  fedavg=fedavg)
         procs = plan_processes(config, out, peers=args.peers, fedavg=fedavg)
         console.print(f"launch: {algorithm}, {args.peers} peers{' + server' if fedavg else ''}, "
                       f"{rounds} rounds over {args.transport}"
                       + (f" (mosquitto on 127.0.0.1:{broker.port})" if broker else "")
+                      + (", signed frames and TLS (keys in OUT/keys)" if args.secure else
+                         ", plaintext HMAC mode")
                       + f"; config {config}, logs {out}/*.log")
         env = child_env(secrets.token_hex(16))
         t0 = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import importlib.util
 import json
@@ -34,7 +35,7 @@ from gossipser.errors import ConfigError
 from gossipser.gossip.byzantine import parse_attack
 from gossipser.gossip.message import Message
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
-from gossipser.gossip.wire import MAGIC, decode, encode
+from gossipser.gossip.wire import MAGIC, MAGIC_SIGNED, decode, encode
 from gossipser.learn.models import ModelConfig
 from gossipser.learn.pool import SerialPool
 from gossipser.learn.train import TrainConfig
@@ -289,6 +290,24 @@ def test_launch_local_mqtt_fedavg_runs_server_and_peers(tmp_path: Path, base_con
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+@needs_mosquitto
+def test_launch_local_secure_mqtt_signs_encrypts_and_finishes(tmp_path: Path,
+                                                              base_config: Path) -> None:
+    done = run_launcher(["--peers", "4", "--transport", "mqtt", "--secure", "--rounds", "3",
+                         "--config", str(base_config), "--out", str(tmp_path)])
+    assert done.returncode == 0, done.stderr
+    assert "signed frames and TLS" in done.stdout
+    summary = check_summary(tmp_path, algorithm="dpsgd", transport="mqtt", rounds=3)
+    assert summary["final"]["ua_mean"] > 0
+    for i in range(4):
+        log = (tmp_path / f"peer-{i}.log").read_text()
+        assert f"peer {i}: secure mode: frames signed with peer-{i}'s key" in log
+        assert json.loads((tmp_path / f"peer-{i}" / "summary.json").read_text())[
+            "rejected"] == {}
+    assert (tmp_path / "keys" / "ca.pem").exists()
+    assert not launch_local_children(tmp_path)
+
+
 def launch_local_children(out: Path) -> list[str]:
     """Processes still running that were started for `out` (there should be none)."""
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
@@ -494,6 +513,94 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
     assert all(r["rejected"] == {} for r in results[1:])
     assert [len(res["rows"]) for res in results] == [6] * 4
     assert all(r["rows"][-1]["missing"] == 0 for r in results)
+
+
+# per-peer keys and TLS ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gossipser.net.keys import make_keys
+
+    folder = tmp_path_factory.mktemp("keys")
+    make_keys(folder, 4)
+    return folder
+
+
+async def test_secure_tcp_run_gives_the_simulators_weights(ds: Dataset, tmp_path: Path,
+                                                           run_keys: Path) -> None:
+    setup = make_setup(ds, "dpsgd")
+    with SerialPool(setup.pool_spec(), [setup.shard(i) for i in range(setup.n_peers)]) as pool:
+        sim = Simulator(setup, pool)
+        sim.run()
+    notes: list[str] = []
+    net = dataclasses.replace(tcp_net(), keys=str(run_keys))
+    results = await run_network(setup, net, tmp_path,
+                                status=lambda pid: lambda row: notes.append(row.get("note")))
+    assert any(n and n.startswith("secure mode: frames signed with peer-") for n in notes)
+    assert all(r["rejected"] == {} for r in results)
+    for i in range(setup.n_peers):
+        assert max_diff(saved_params(tmp_path / f"peer-{i}"), sim.peers[i].params) < 1e-5
+
+
+async def test_a_key_holder_cannot_speak_for_another_peer_and_outsiders_cannot_connect(
+        ds: Dataset, tmp_path: Path, run_keys: Path, tmp_path_factory) -> None:
+    from gossipser.net.keys import Keyring, make_keys
+
+    setup = make_setup(ds, "dpsgd", rounds=6)
+    net = dataclasses.replace(tcp_net(), keys=str(run_keys))
+    port = net.base_port
+    peer2 = Keyring.load(run_keys, 2)  # a valid member of the run, attacking peer 0
+    stranger_keys = tmp_path_factory.mktemp("other_ca")
+    make_keys(stranger_keys, 4)
+    stranger = Keyring.load(stranger_keys, 1)  # "peer-1", but of another CA
+    now = time.time_ns() // 1000
+
+    def msg(sender: int, seq: int) -> Message:
+        return Message(kind="model", run=setup.run_id, sender=sender, round=1,
+                       params=setup.init, meta={"to": 0, "seq": seq})
+
+    forged = encode(msg(2, now + 1), signer=peer2)  # signed by peer 2, header says peer 1
+    forged = forged[:4] + (1).to_bytes(8, "big", signed=True) + forged[12:]
+    # signed by peer 2 as peer 2, but the envelope inside names peer 1
+    data = MAGIC_SIGNED + (2).to_bytes(8, "big", signed=True) + encode(
+        msg(1, now + 2), secret=SECRET)[len(MAGIC):-32]
+    body_lies = data + peer2.sign(data)
+    frames = [("signature", forged), ("sender does not match its key", body_lies),
+              ("unsigned", encode(msg(1, now + 3), secret=SECRET))]
+    round_one = asyncio.Event()
+    outsiders: dict[str, bool] = {}
+
+    async def attack() -> None:
+        await round_one.wait()
+        stream = b"".join(len(f).to_bytes(4, "big") + f for _, f in frames)
+        _, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                  ssl=peer2.client_context())
+        writer.write(stream)
+        await writer.drain()
+        writer.close()
+        for name, ctx in (("plain TCP", None), ("another CA", stranger.client_context())):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+                writer.write(len(frames[0][1]).to_bytes(4, "big") + frames[0][1])
+                await writer.drain()
+                outsiders[name] = await asyncio.wait_for(reader.read(), 5) != b""
+                writer.close()
+            except (OSError, ConnectionError, TimeoutError):
+                outsiders[name] = False
+
+    def status(pid: int):
+        return (lambda row: round_one.set() if row.get("round") == 1 else None) \
+            if pid == 0 else None
+
+    attacker = asyncio.create_task(attack())
+    try:
+        results = await run_network(setup, net, tmp_path, status=status)
+    finally:
+        attacker.cancel()
+        await asyncio.gather(attacker, return_exceptions=True)
+    assert attacker.exception() is None
+    assert results[0]["rejected"] == Counter(reason for reason, _ in frames)
+    assert outsiders == {"plain TCP": False, "another CA": False}
+    assert [len(r["rows"]) for r in results] == [6] * 4
 
 
 # privacy ----------------------------------------------------------------------------------

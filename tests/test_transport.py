@@ -485,3 +485,65 @@ async def test_mqtt_clean_exit_stops_the_broker_queuing_for_the_node(broker: Mos
         async with open_transport(mqtt_config(1, broker.port)) as t1_again:
             await t0.send(1, b"back again")
             assert await take(t1_again, 1) == [b"back again"]
+
+
+# --- mqtt with TLS, client certificates and an ACL ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_keys(tmp_path_factory: pytest.TempPathFactory):
+    from gossipser.net.keys import make_keys
+
+    folder = tmp_path_factory.mktemp("keys")
+    make_keys(folder, 4)  # peer-3 is a member of the CA but not of the line below
+    return folder
+
+
+@needs_mosquitto
+# paho leaves the socket of a refused TLS client to the garbage collector
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_mqtt_tls_acl_lets_only_neighbours_write_and_nobody_else_in(run_keys,
+                                                                          tmp_path) -> None:
+    import aiomqtt
+    import networkx as nx
+
+    from gossipser.net.broker import acl_text
+    from gossipser.net.keys import Keyring, make_keys
+
+    line = nx.path_graph(3)  # 0 - 1 - 2: 0 and 2 are not neighbours
+    acl = acl_text(line, prefix="gossipser", run="t")
+    rings = [Keyring.load(run_keys, i) for i in range(3)]
+    make_keys(tmp_path / "other", 3)
+    with Mosquitto(keys=run_keys, acl=acl) as broker:
+        async with asyncio.timeout(20):
+            async with mqtt_nodes(broker.port, 0) as _, contextlib.AsyncExitStack() as stack:
+                nodes = [await stack.enter_async_context(open_transport(
+                    mqtt_config(i, broker.port, tls=rings[i]))) for i in range(3)]
+                # neighbours talk over TLS
+                await nodes[1].send(0, b"1 to 0")
+                await nodes[1].send(2, b"1 to 2")
+                await nodes[0].send(1, b"0 to 1")
+                assert await take(nodes[0], 1) == [b"1 to 0"]
+                assert await take(nodes[2], 1) == [b"1 to 2"]
+                assert await take(nodes[1], 1) == [b"0 to 1"]
+                # 2 may not write to 0's inbox: the broker drops it; 1's next frame arrives
+                await nodes[2].send(0, b"2 to 0, not a neighbour")
+                # a certificate holder that reuses node 0's client id gets its own session
+                # (the broker names it by its certificate) and may not read 0's inbox
+                thief = aiomqtt.Client("127.0.0.1", broker.port, identifier=nodes[0].identifier,
+                                       clean_session=False,
+                                       tls_context=Keyring.load(run_keys, 3).client_context())
+                async with thief:
+                    await thief.subscribe("gossipser/t/inbox/0", qos=1)
+                    await nodes[1].send(0, b"1 to 0 again")
+                    assert await take(nodes[0], 1) == [b"1 to 0 again"]
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            async for stolen in thief.messages:
+                                pytest.fail(f"the thief read {stolen.payload!r}")
+                # outsiders: no certificate, or a certificate of another CA
+                for tls in (None, Keyring.load(tmp_path / "other", 0).client_context()):
+                    with pytest.raises(aiomqtt.MqttError):
+                        async with aiomqtt.Client("127.0.0.1", broker.port, timeout=2,
+                                                  tls_context=tls) as outsider:
+                            await outsider.subscribe("gossipser/#")

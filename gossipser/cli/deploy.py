@@ -100,3 +100,15 @@ def cmd_server(args: Any) -> int:
     console.print(f"server: done, global model UA {f['ua']:.3f} WA {f['wa']:.3f}; sent "
                   f"{summary['bytes_sent'] / 1e6:.1f} MB; wrote {out}")
     return 0
+
+
+def cmd_keys(args: Any) -> int:
+    from gossipser.net.keys import make_keys
+
+    console = make_console()
+    out = Path(args.out)
+    written = make_keys(out, args.peers, hosts=tuple(args.host))
+    console.print(f"wrote a run CA and keys for {args.peers} peers, the server and the broker "
+                  f"({len(written)} files) in {out}; give each machine ca.pem, every *.pem and "
+                  "its own key, set \\[network] keys to that folder, and keep ca.key offline")
+    return 0

@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default runs/<run>/server")
     p.add_argument("--data", metavar="DIR", help="override [data] path")
 
+    p = sub.add_parser("keys", help="make a run CA and a key and certificate per peer, for "
+                       "signed frames and TLS ([network] keys = DIR)")
+    p.add_argument("--peers", type=int, required=True, help="peers of the run")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder")
+    p.add_argument("--host", action="append", default=[], metavar="HOST",
+                   help="a host name or address the certificates also name (repeatable; "
+                   "127.0.0.1, ::1 and localhost always)")
+
     p = sub.add_parser("topology", help="show or write a peer topology")
     tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = tsub.add_parser("show", help="nodes, degrees, diameter and spectral gap")
@@ -200,10 +208,11 @@ def dispatch(args: argparse.Namespace) -> int:
         from gossipser.cli import attack
 
         return attack.cmd_attack(args)
-    if args.command in ("peer", "server"):
+    if args.command in ("peer", "server", "keys"):
         from gossipser.cli import deploy
 
-        return deploy.cmd_peer(args) if args.command == "peer" else deploy.cmd_server(args)
+        return {"peer": deploy.cmd_peer, "server": deploy.cmd_server,
+                "keys": deploy.cmd_keys}[args.command](args)
     from gossipser.cli import commands
 
     return getattr(commands, f"cmd_{args.command}")(args)

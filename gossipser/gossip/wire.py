@@ -6,6 +6,14 @@ Frame layout::
 
 The tag is checked before the envelope is unpacked, so a forged frame costs one hash.
 Parameters travel as ``[name, dtype name, shape list, raw little-endian C-order bytes]``.
+
+With per-peer keys (`gossipser.net.keys`) a frame is signed by its sender instead::
+
+    MAGIC_SIGNED (b"GSS1") | sender (8 bytes, signed big-endian) | msgpack(envelope)
+        | ECDSA P-256 signature over everything before it (64 bytes, r || s)
+
+The receiver checks the signature against the key of the node named in the clear sender
+field before unpacking anything, then that the envelope names the same sender.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import math
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
@@ -37,6 +45,9 @@ from gossipser.gossip.message import (
 )
 
 MAGIC = b"GSR1"
+MAGIC_SIGNED = b"GSS1"
+SIG_LEN = 64
+_SENDER_LEN = 8
 WIRE_VERSION = 1
 TAG_LEN = 32
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -50,9 +61,38 @@ _ENVELOPE_KEYS = frozenset({"version", *_SCALAR_KEYS, "params"})
 _LEN_PREFIX = 4
 
 
-def encode(msg: Message, *, secret: bytes) -> bytes:
-    """Frame `msg`: MAGIC + msgpack envelope + HMAC-SHA256 tag keyed by `secret`."""
+class Signer(Protocol):
+    """A node's own key (gossipser.net.keys.Keyring)."""
+
+    node: int
+
+    def sign(self, data: bytes | memoryview) -> bytes: ...
+
+
+class Verifier(Protocol):
+    def verify(self, node: int, signature: bytes | memoryview,
+               data: bytes | memoryview) -> bool: ...
+
+
+def encode(msg: Message, *, secret: bytes | None = None, signer: Signer | None = None) -> bytes:
+    """Frame `msg`: MAGIC + msgpack envelope + HMAC-SHA256 tag keyed by `secret`, or, with
+    `signer` (whose node must be the sender), MAGIC_SIGNED + sender + envelope + signature."""
+    if signer is not None:
+        if msg.sender != signer.node:
+            raise WireError(f"wire: node {signer.node} cannot sign a frame from {msg.sender}")
+        head = MAGIC_SIGNED + msg.sender.to_bytes(_SENDER_LEN, "big", signed=True)
+        data = head + bytes(_packed(msg))
+        return data + signer.sign(data)
     key = _checked_secret(secret)
+    body = _packed(msg)
+    mac = hmac.new(key, MAGIC, "sha256")
+    mac.update(body)
+    frame = b"".join((MAGIC, body, mac.digest()))
+    body.release()
+    return frame
+
+
+def _packed(msg: Message) -> memoryview:
     envelope: dict[str, Any] = {
         "version": WIRE_VERSION,
         **{name: getattr(msg, name) for name in _SCALAR_KEYS},
@@ -64,18 +104,14 @@ def encode(msg: Message, *, secret: bytes) -> bytes:
     size_hint = sum(a.nbytes for a in msg.params.values()) + 64 * len(msg.params) + 1024
     packer = msgpack.Packer(autoreset=False, use_bin_type=True, buf_size=size_hint)
     packer.pack(envelope)
-    body = packer.getbuffer()  # a view of the packer's buffer: no copy before the join
-    mac = hmac.new(key, MAGIC, "sha256")
-    mac.update(body)
-    frame = b"".join((MAGIC, body, mac.digest()))
-    body.release()
-    return frame
+    return packer.getbuffer()  # a view of the packer's buffer: no copy before the join
 
 
 def decode(
     frame: bytes | bytearray | memoryview,
     *,
-    secret: bytes,
+    secret: bytes | None = None,
+    keys: Verifier | None = None,
     spec: ModelSpec | None = None,
     run: str | None = None,
     max_bytes: int = DEFAULT_MAX_FRAME,
@@ -84,8 +120,10 @@ def decode(
     """Verify and unpack one frame; raise WireError with one line on anything wrong.
 
     Arrays are read-only views over the msgpack bin objects (no copy after unpacking).
+    With `keys`, only signed frames are taken (their signature checked first); without,
+    only HMAC frames under `secret`.
     """
-    key = _checked_secret(secret)
+    key = None if keys is not None else _checked_secret(secret)
     allowed = _checked_dtypes(dtypes)
     limit = _checked_limit(max_bytes)
     try:
@@ -99,13 +137,36 @@ def decode(
         raise WireError(f"wire: frame of {size} bytes exceeds the {limit}-byte limit")
     if size < _MIN_FRAME:
         raise WireError(f"wire: frame of {size} bytes is too short to be a frame")
-    if view[: len(MAGIC)] != MAGIC:
-        raise WireError(f"wire: bad magic {bytes(view[: len(MAGIC)])!r}, expected {MAGIC!r}")
-    expected_tag = hmac.digest(key, view[:-TAG_LEN], "sha256")
-    if not hmac.compare_digest(expected_tag, view[-TAG_LEN:]):
-        raise WireError("wire: bad HMAC tag (corrupted or forged frame, or wrong run secret)")
-    envelope = _unpack(view[len(MAGIC) : -TAG_LEN], size)
-    msg = _message_from(envelope)
+    magic = bytes(view[: len(MAGIC)])
+    if keys is not None:
+        if magic == MAGIC:
+            raise WireError("wire: unsigned frame (this run signs every frame with per-peer "
+                            "keys)")
+        if magic != MAGIC_SIGNED:
+            raise WireError(f"wire: bad magic {magic!r}, expected {MAGIC_SIGNED!r}")
+        start = len(MAGIC_SIGNED) + _SENDER_LEN
+        if size < start + 1 + SIG_LEN:
+            raise WireError(f"wire: frame of {size} bytes is too short to be a frame")
+        claimed = int.from_bytes(view[len(MAGIC_SIGNED):start], "big", signed=True)
+        if not keys.verify(claimed, view[-SIG_LEN:], view[:-SIG_LEN]):
+            raise WireError(f"wire: bad signature (not signed by node {claimed}'s key)")
+        envelope = _unpack(view[start:-SIG_LEN], size)
+        msg = _message_from(envelope)
+        if msg.sender != claimed:
+            raise WireError(f"wire: sender {msg.sender} does not match its key (node "
+                            f"{claimed} signed the frame)")
+    else:
+        if magic == MAGIC_SIGNED:
+            raise WireError("wire: signed frame, but this node has no keys (plaintext HMAC "
+                            "mode)")
+        if magic != MAGIC:
+            raise WireError(f"wire: bad magic {magic!r}, expected {MAGIC!r}")
+        expected_tag = hmac.digest(key, view[:-TAG_LEN], "sha256")
+        if not hmac.compare_digest(expected_tag, view[-TAG_LEN:]):
+            raise WireError("wire: bad HMAC tag (corrupted or forged frame, or wrong run "
+                            "secret)")
+        envelope = _unpack(view[len(MAGIC) : -TAG_LEN], size)
+        msg = _message_from(envelope)
     if run is not None and msg.run != run:
         raise WireError(f"wire: frame belongs to run {msg.run!r}, expected {run!r}")
     if msg.kind not in MODEL_KINDS:

@@ -3,6 +3,12 @@
 with Mosquitto() as broker:
     cfg = TransportConfig(kind="mqtt", node=0, broker_port=broker.port)
     broker.stop(); broker.start()  # a broker restart on the same port
+
+With `keys` (a folder from `gossipser keys`) and `acl` (`acl_text`), the broker listens with
+TLS only, requires a client certificate of the run's CA, takes its common name (peer-3) as the
+user name and the client id (so no one can take over another node's session), refuses
+anonymous clients, and lets each node read only its own inbox and write only to its
+neighbours' inboxes and its own presence.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class Mosquitto:
         port: int | None = None,
         start_timeout: float = 5.0,
         max_queued_messages: int = 200,
+        keys: Path | str | None = None,
+        acl: str | None = None,
     ) -> None:
         binary = mosquitto_path()
         if binary is None:
@@ -58,6 +66,10 @@ class Mosquitto:
         self.port = port if port is not None else free_port()
         self.start_timeout = start_timeout
         self._max_queued = max_queued_messages
+        self.keys = Path(keys) if keys is not None else None
+        self.acl = acl
+        if self.keys is not None and acl is None:
+            raise TransportError("mosquitto with TLS needs an ACL (gossipser.net.broker.acl_text)")
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -76,8 +88,8 @@ class Mosquitto:
         config = Path(self._folder(), "mosquitto.conf")
         config.write_text(
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
+            + (self._tls_lines() if self.keys is not None else "allow_anonymous true\n")
+            + "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "set_tcp_nodelay true\n"
@@ -127,6 +139,25 @@ class Mosquitto:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _tls_lines(self) -> str:
+        """TLS listener settings; the files are copied beside the config, readable by the
+        mosquitto user the broker drops to when started as root."""
+        folder = Path(self._folder())
+        folder.chmod(0o755)
+        for name in ("ca.pem", "broker.pem", "broker.key"):
+            try:
+                shutil.copyfile(self.keys / name, folder / name)
+            except OSError as exc:
+                raise TransportError(f"mosquitto: cannot read {self.keys / name}: "
+                                     f"{exc.strerror or exc}") from None
+            (folder / name).chmod(0o644)
+        (folder / "acl").write_text(self.acl)
+        (folder / "acl").chmod(0o644)
+        return (f"cafile {folder / 'ca.pem'}\ncertfile {folder / 'broker.pem'}\n"
+                f"keyfile {folder / 'broker.key'}\nrequire_certificate true\n"
+                "use_identity_as_username true\nuse_username_as_clientid true\n"
+                f"allow_anonymous false\nacl_file {folder / 'acl'}\n")
+
     def _folder(self) -> str:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="gossipser-mosquitto-")
@@ -155,3 +186,22 @@ class Mosquitto:
         except OSError:
             return ""
         return lines[-1] if lines else ""
+
+
+def acl_text(graph, *, prefix: str, run: str, fedavg: bool = False) -> str:
+    """A mosquitto ACL for a run: node N (user peer-N) reads its own inbox, writes only to
+    its neighbours' inboxes (the server's, under FedAvg) and owns its presence topic; the
+    server (user server) reads its inbox and writes every peer's."""
+    root = f"{prefix}/{run}"
+    lines = []
+    nodes = sorted(graph.nodes)
+    for node in nodes:
+        targets = [-1] if fedavg else sorted(graph.neighbors(node))
+        lines += [f"user peer-{node}", f"topic read {root}/inbox/{node}",
+                  *(f"topic write {root}/inbox/{t}" for t in targets),
+                  f"topic readwrite {root}/presence/{node}", f"topic read {root}/presence/#",
+                  ""]
+    lines += ["user server", f"topic read {root}/inbox/-1",
+              *(f"topic write {root}/inbox/{t}" for t in nodes),
+              f"topic readwrite {root}/presence/-1", f"topic read {root}/presence/#", ""]
+    return "\n".join(lines)

@@ -209,6 +209,7 @@ class MqttTransport:
             max_inflight_messages=_MAX_INFLIGHT,
             max_queued_outgoing_messages=_MAX_QUEUED_OUT,
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            tls_context=self.cfg.tls.client_context() if self.cfg.tls is not None else None,
         )
 
     def _deliver(self, message: aiomqtt.Message) -> None:

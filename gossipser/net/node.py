@@ -93,6 +93,11 @@ class NetworkConfig:
     wait_timeout: float = 20.0  # longest wait for a neighbour's (or a client's) message
     send_timeout: float = 5.0
     start_timeout: float = 120.0  # longest wait for the neighbours to show up at start
+    # a folder made by `gossipser keys`: every frame signed with this node's key and checked
+    # against the sender's certificate, mutual TLS on TCP, TLS and a per-peer ACL on MQTT.
+    # Empty: the plaintext mode (one run-wide HMAC secret, frames in clear), for simulations
+    # and quick tests on one machine
+    keys: str = ""
     # a frame whose sequence number (its sender's clock) is older than this many seconds is
     # dropped as stale: a frame recorded in an earlier run cannot be replayed into this one
     max_frame_age: float = 300.0
@@ -120,9 +125,9 @@ class NetNode:
     """Send and receive `Message`s over one open transport."""
 
     def __init__(
-        self, *, node: int, transport, secret: bytes, run: str, spec: ModelSpec,
+        self, *, node: int, transport, secret: bytes | None, run: str, spec: ModelSpec,
         allowed: Iterable[int], on_message: Handler, max_round: int | None = None,
-        max_frame_age: float = 300.0,
+        max_frame_age: float = 300.0, keys=None,
     ) -> None:
         self.node = node
         self.transport = transport
@@ -138,6 +143,7 @@ class NetNode:
         self._changed = asyncio.Event()
         self.round = 0  # the owner's current round, told to nodes that say hello
         self.max_round = max_round  # a frame claiming a later round is dropped
+        self.keys = keys  # gossipser.net.keys.Keyring: sign and verify instead of the HMAC
         self.replay = ReplayGuard(max_frame_age)
         self._seq = 0  # the last sequence number this node sent
 
@@ -147,7 +153,7 @@ class NetNode:
         self._seq = max(self._seq + 1, now_us())
         msg = dataclasses.replace(msg, meta={**msg.meta, "seq": self._seq, "to": dest})
         try:
-            await self.transport.send(dest, encode(msg, secret=self.secret))
+            await self.transport.send(dest, encode(msg, secret=self.secret, signer=self.keys))
             return True
         except TransportError:
             self.send_failures += 1
@@ -163,7 +169,7 @@ class NetNode:
     # receiving -------------------------------------------------------------------------
     def _accept(self, frame: bytes) -> Message | None:
         try:
-            msg = decode(frame, secret=self.secret, spec=self.spec, run=self.run)
+            msg = decode(frame, secret=self.secret, keys=self.keys, spec=self.spec, run=self.run)
         except WireError as exc:
             self.rejected[_reason(str(exc))] += 1
             return None
@@ -233,7 +239,10 @@ def _reason(message: str) -> str:
     text = message.removeprefix("wire: ")
     if text.startswith("frame belongs to run"):  # names the sender's run id: not a stable key
         return "run id"
-    for key in ("HMAC", "run id", "shape", "dtype", "non-finite", "too large", "magic",
+    if "does not match its key" in text:
+        return "sender does not match its key"
+    for key in ("HMAC", "signature", "unsigned", "signed frame", "run id", "shape", "dtype",
+                "non-finite", "too large", "magic",
                 "version", "missing", "unexpected", "msgpack", "truncated", "kind"):
         if key.lower() in text.lower():
             return key

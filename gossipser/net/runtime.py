@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from gossipser.gossip.wire import secret_from
 from gossipser.learn.modelio import save_model
 from gossipser.learn.models import set_state
 from gossipser.learn.pool import SerialPool, TrainJob
+from gossipser.net.keys import Keyring, node_name
 from gossipser.net.links import open_transport
 from gossipser.net.node import NetNode, NetworkConfig
 from gossipser.net.transport import MemoryHub, TransportConfig
@@ -41,15 +43,27 @@ ROW_COLUMNS = ("round", "ua", "wa", "macro_f1", "loss", "age", "bytes_sent", "fr
 
 @contextlib.asynccontextmanager
 async def _connected(
-    setup: RunSetup, net: NetworkConfig, node_id: int, *, secret: bytes, allowed: set[int],
-    on_message, hub: MemoryHub | None,
+    setup: RunSetup, net: NetworkConfig, node_id: int, *, secret: bytes | None,
+    allowed: set[int], on_message, hub: MemoryHub | None, status: Status | None = None,
 ) -> AsyncIterator[NetNode]:
-    """An open transport whose frames a `NetNode` receives in the background until exit."""
-    async with open_transport(transport_config(setup, net, node_id), hub=hub) as transport:
+    """An open transport whose frames a `NetNode` receives in the background until exit.
+    With `net.keys`, frames are signed and links encrypted; else the run secret's HMAC."""
+    keys = Keyring.load(net.keys, node_id) if net.keys else None
+    if keys is None:
+        secret = secret if secret is not None else secret_from(net.secret)
+        if status:
+            status({"note": "plaintext mode: one run-wide HMAC secret, frames in clear "
+                            "(give [network] keys from `gossipser keys` for signed frames "
+                            "and TLS)"})
+    elif status:
+        status({"note": f"secure mode: frames signed with {node_name(node_id)}'s key, "
+                        f"{'mutual TLS' if net.transport == 'tcp' else 'TLS to the broker'}"})
+    tcfg = dataclasses.replace(transport_config(setup, net, node_id), tls=keys)
+    async with open_transport(tcfg, hub=hub) as transport:
         node = NetNode(node=node_id, transport=transport, secret=secret, run=setup.run_id,
                        spec=ModelSpec.from_params(setup.message_params()), allowed=allowed,
                        on_message=on_message, max_round=setup.cfg.rounds + 1,
-                       max_frame_age=net.max_frame_age)
+                       max_frame_age=net.max_frame_age, keys=keys)
         receiver = asyncio.create_task(node.receive_loop())
         try:
             yield node
@@ -179,10 +193,9 @@ async def run_peer(
             return
         await node.send_all(peer.receive(msg))
 
-    secret = secret if secret is not None else secret_from(net.secret)
     t0 = time.perf_counter()
     async with _connected(setup, net, pid, secret=secret, allowed=allowed,
-                          on_message=on_message, hub=hub) as node:
+                          on_message=on_message, hub=hub, status=status) as node:
         if saved is not None:  # frames seen before the restart stay refused
             node.replay.restore(saved[2].get("replay", {}))
         if status:
@@ -305,7 +318,6 @@ async def run_server(
     server = setup.make_server()
     clients = set(range(setup.n_peers))
     pool = SerialPool(setup.pool_spec(), [])
-    secret = secret if secret is not None else secret_from(net.secret)
     rows = []
     t0 = time.perf_counter()
 
@@ -313,7 +325,7 @@ async def run_server(
         server.receive(msg)
 
     async with _connected(setup, net, SERVER_ID, secret=secret, allowed=clients,
-                          on_message=on_message, hub=hub) as node:
+                          on_message=on_message, hub=hub, status=status) as node:
         silent = await node.handshake(clients, round_=0, timeout=net.start_timeout)
         if silent and status:
             status({"note": f"clients {sorted(silent)} did not answer; going on"})

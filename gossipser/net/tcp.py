@@ -11,6 +11,7 @@ from typing import Self
 
 from gossipser.errors import TransportError, WireError
 from gossipser.gossip import wire
+from gossipser.net.keys import peer_node
 from gossipser.net.transport import (
     Inbox,
     TransportConfig,
@@ -41,7 +42,10 @@ class TcpTransport:
     async def __aenter__(self) -> Self:
         host, port = self.cfg.addresses[self.cfg.node]
         try:
-            self._server = await asyncio.start_server(self._accept, host, port)
+            tls = self.cfg.tls.server_context() if self.cfg.tls is not None else None
+            self._server = await asyncio.start_server(
+                self._accept, host, port, ssl=tls,
+                ssl_handshake_timeout=self.cfg.connect_timeout if tls else None)
         except OSError as exc:
             raise TransportError(
                 f"tcp: node {self.cfg.node} cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -117,8 +121,15 @@ class TcpTransport:
             return conn[1]
         if conn is not None:  # the peer closed it (restart, crash): reopen
             await _close_writer(self._conns.pop(dest)[1])
+        tls = self.cfg.tls.client_context() if self.cfg.tls is not None else None
         async with asyncio.timeout(self.cfg.connect_timeout):  # TimeoutError is an OSError
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+        if tls is not None:  # the run's CA signed it; it must also be the node we called
+            shown = peer_node(writer.get_extra_info("ssl_object"))
+            if shown != dest:
+                _abort((reader, writer))
+                raise TransportError(f"tls: {host}:{port} showed the certificate of node "
+                                     f"{shown}, not of node {dest}")
         self._conns[dest] = (reader, writer)
         if dest in self._ever_connected:
             self.stats.reconnects += 1

@@ -20,7 +20,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from gossipser.errors import ConfigError, TransportError
 from gossipser.gossip import wire
@@ -55,6 +55,9 @@ class TransportConfig:
     # seconds a frame's body may take once its length has arrived (a slow writer is cut off)
     max_connections: int = 64
     frame_timeout: float = 30.0
+    # per-peer keys (gossipser.net.keys.Keyring): mutual TLS on TCP, TLS with a client
+    # certificate to the MQTT broker; None: plaintext
+    tls: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
