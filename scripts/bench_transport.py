@@ -5,7 +5,9 @@ Compares, in one run and one event loop:
   (b0) TcpTransport moving pre-encoded frames (transport cost alone),
   (b)  TcpTransport with wire.encode at the sender and wire.decode (HMAC + checks + spec)
        at the receiver, both ways,
-  (c)  MqttTransport through a mosquitto started here, with wire encode/decode.
+  (c)  MqttTransport through a mosquitto started here, with wire encode/decode,
+  (d0) TcpTransport over mutual TLS (per-peer keys from `gossipser keys`), pre-encoded,
+  (d)  secure mode: mutual TLS, every frame signed (ECDSA P-256) and its signature checked.
 Latency: one frame there and one back (median, p90). Throughput: `--stream` frames one way,
 timed until the receiver has the last one (decoded where the row says so).
 
@@ -17,10 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import statistics
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from bench_wire import model_params  # scripts/ is on sys.path when a script runs
@@ -28,6 +34,7 @@ from bench_wire import model_params  # scripts/ is on sys.path when a script run
 from gossipser.gossip.message import Message, ModelSpec
 from gossipser.gossip.wire import decode, encode
 from gossipser.net.broker import Mosquitto, free_port, mosquitto_path
+from gossipser.net.keys import Keyring, make_keys
 from gossipser.net.links import open_transport
 from gossipser.net.transport import Transport, TransportConfig
 
@@ -59,11 +66,16 @@ class Model:
     msg: Message
     spec: ModelSpec
     frame: bytes
+    rings: dict | None = None  # node -> Keyring: signed frames instead of the HMAC
 
     def encode(self, sender: int) -> bytes:
+        if self.rings is not None:
+            return encode(_with_sender(self.msg, sender), signer=self.rings[sender])
         return encode(_with_sender(self.msg, sender), secret=SECRET)
 
     def decode(self, frame: bytes) -> Message:
+        if self.rings is not None:
+            return decode(frame, keys=self.rings[0], spec=self.spec, run=RUN)
         return decode(frame, secret=SECRET, spec=self.spec, run=RUN)
 
 
@@ -189,13 +201,12 @@ async def bench_pair(
 
 
 @contextlib.asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[Transport, Transport]]:
+async def tcp_pair(rings: dict | None = None) -> AsyncIterator[tuple[Transport, Transport]]:
     addresses = {0: ("127.0.0.1", free_port()), 1: ("127.0.0.1", free_port())}
     async with contextlib.AsyncExitStack() as stack:
         nodes = [
-            await stack.enter_async_context(
-                open_transport(TransportConfig(kind="tcp", node=n, addresses=addresses))
-            )
+            await stack.enter_async_context(open_transport(TransportConfig(
+                kind="tcp", node=n, addresses=addresses, tls=rings[n] if rings else None)))
             for n in (0, 1)
         ]
         yield nodes[0], nodes[1]
@@ -252,6 +263,16 @@ async def main() -> None:
             c = "(c)  MqttTransport (QoS 1) + wire enc/dec"
             results.append(await bench_pair(c, mqtt_pair(broker.port), model, n, s, use_wire=True))
 
+    with tempfile.TemporaryDirectory() as folder:
+        make_keys(Path(folder), 2)
+        rings = {n: Keyring.load(folder, n) for n in (0, 1)}
+        secure = dataclasses.replace(model, rings=rings)
+        d0 = "(d0) TcpTransport, mutual TLS, pre-encoded"
+        tls = functools.partial(tcp_pair, rings)
+        results.append(await bench_pair(d0, tls, model, n, s, use_wire=False))
+        d = "(d)  secure: mutual TLS + signed frames"
+        results.append(await bench_pair(d, tls, secure, n, s, use_wire=True))
+
     print(f"{'path':44} {'rtt p50':>9} {'rtt p90':>9} {'MB/s':>10}")
     print(f"{'':44} {'ms':>9} {'ms':>9} {'one way':>10}")
     for result in results:
@@ -262,6 +283,9 @@ async def main() -> None:
         f"(loss {1 - full / raw:.0%}; target < 10%)"
     )
     print(f"  of which transport framing alone, (b0) vs (a): loss {1 - bare / raw:.0%}")
+    secure_mb = results[-1].mb_s
+    print(f"secure mode: (d) moves {secure_mb / full:.0%} of (b)'s plaintext throughput "
+          f"(target >= 50%)")
 
 
 if __name__ == "__main__":
