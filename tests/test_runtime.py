@@ -448,13 +448,16 @@ def hostile_frames(setup: RunSetup) -> list[tuple[str, bytes]]:
         ("sender is not a neighbour", encode(Message(
             kind="model", run=setup.run_id, sender=2, round=1, params=setup.init),
             secret=SECRET)),
-        ("no sequence number", model(meta={"to": 0})),
+        ("no session", model(meta={"to": 0, "seq": now})),
+        ("no sequence number", model(meta={"to": 0, "session": 7})),
         ("wrong destination", model(meta={"to": 2, "seq": now + 1})),
         ("round beyond the run", model(round=10**9, meta={"to": 0, "seq": now + 2})),
         ("round beyond the run", encode(Message(kind="hello", run=setup.run_id, sender=3,
                                                 round=10**9, meta={"to": 0, "seq": now}),
                                         secret=SECRET)),
-        ("stale", model(meta={"to": 0, "seq": now - 3600 * 10**6})),  # an hour old
+        ("stale", model(meta={"to": 0, "seq": now - 3600 * 10**6, "session": 7})),
+        # an earlier launch of peer 1 (another session), within max_frame_age
+        ("foreign session", model(meta={"to": 0, "seq": now + 3, "session": 7})),
     ]
 
 

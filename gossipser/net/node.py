@@ -14,7 +14,10 @@ may overtake each other by that much) and drops a number seen before, one below 
 or one older than `max_frame_age` seconds (a frame recorded in an earlier run). The highest
 number per sender is kept across a checkpoint, so a restarted peer cannot be fed old frames.
 Every frame also names its destination (`to`), so a frame sent to one neighbour cannot be
-replayed to another.
+replayed to another, and its sender's session (`session`, a random number drawn at every
+launch and announced in the `hello`s of the handshake): once a node knows a neighbour's
+current session, a frame of an earlier session (a recorded run, or the neighbour before a
+restart) is dropped as "foreign session", even within `max_frame_age`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -146,12 +150,15 @@ class NetNode:
         self.keys = keys  # gossipser.net.keys.Keyring: sign and verify instead of the HMAC
         self.replay = ReplayGuard(max_frame_age)
         self._seq = 0  # the last sequence number this node sent
+        self.session = secrets.randbits(62)  # this launch; neighbours learn it from hellos
+        self.sessions: dict[int, int] = {}  # each sender's current session
 
     # sending ---------------------------------------------------------------------------
     async def send(self, dest: int, msg: Message) -> bool:
         """Send one message; False (counted) when the destination cannot be reached."""
         self._seq = max(self._seq + 1, now_us())
-        msg = dataclasses.replace(msg, meta={**msg.meta, "seq": self._seq, "to": dest})
+        msg = dataclasses.replace(msg, meta={**msg.meta, "seq": self._seq, "to": dest,
+                                             "session": self.session})
         try:
             await self.transport.send(dest, encode(msg, secret=self.secret, signer=self.keys))
             return True
@@ -186,6 +193,18 @@ class NetNode:
         if why is not None:
             self.rejected[why] += 1
             return None
+        session = msg.meta.get("session")
+        known = self.sessions.get(msg.sender)
+        if type(session) is not int:
+            self.rejected["no session"] += 1
+            return None
+        if known is not None and session != known and msg.kind != "hello":
+            self.rejected["foreign session"] += 1
+            return None
+        # a fresh hello announces the sender's session (a restart draws a new one); before
+        # any hello, the first fresh frame does
+        if known is None or msg.kind == "hello":
+            self.sessions[msg.sender] = session
         return msg
 
     async def receive_loop(self) -> None:
