@@ -37,6 +37,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gossipser.errors import ConfigError, GossipserError
+from gossipser.gossip.plan import GossipConfig
 from gossipser.net.launch import (
     SECRET_VAR,
     Proc,
@@ -59,8 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="launch_local.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", type=int, default=4, help="number of peer processes (default 4)")
     p.add_argument("--transport", choices=("tcp", "mqtt"), required=True)
-    p.add_argument("--algorithm", choices=("dpsgd", "gossip-learning", "push-sum", "fedavg"),
-                   help="default: the config's, else dpsgd")
+    p.add_argument("--algorithm", choices=("gradient-tracking", "dpsgd", "gossip-learning",
+                                           "push-sum", "fedavg"),
+                   help="default: the config's, else gradient-tracking")
     p.add_argument("--config", metavar="FILE.toml",
                    help="run config to start from ([network] is set by the launcher)")
     p.add_argument("--rounds", type=int, help="rounds (default: the config's, else 5)")
@@ -306,7 +308,8 @@ def launch(args: argparse.Namespace, console: Console) -> int:
             out, peers=args.peers, transport=args.transport, algorithm=args.algorithm,
             rounds=args.rounds, config=args.config, broker_port=broker_port, network=network)
         doc = read_config(config)
-        algorithm, rounds = doc["gossip"].get("algorithm", "dpsgd"), doc["gossip"]["rounds"]
+        algorithm = doc["gossip"].get("algorithm", GossipConfig().algorithm)
+        rounds = doc["gossip"]["rounds"]
         fedavg = algorithm == "fedavg"
         if args.transport == "mqtt":
             broker = start_broker(doc, port=broker_port, peers=args.peers, secure=args.secure,

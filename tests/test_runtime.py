@@ -266,7 +266,7 @@ def test_launch_local_tcp_runs_peer_processes_to_the_end(tmp_path: Path) -> None
                          "--out", str(tmp_path)])
     # Assert
     assert done.returncode == 0, done.stderr
-    summary = check_summary(tmp_path, algorithm="dpsgd", transport="tcp", rounds=3)
+    summary = check_summary(tmp_path, algorithm="gradient-tracking", transport="tcp", rounds=3)
     assert summary["bytes_sent_server"] == 0
     assert "final: UA mean" in done.stdout
     for i in range(4):
@@ -297,7 +297,8 @@ def test_launch_local_secure_mqtt_signs_encrypts_and_finishes(tmp_path: Path,
                          "--config", str(base_config), "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
     assert "signed frames and TLS" in done.stdout
-    summary = check_summary(tmp_path, algorithm="dpsgd", transport="mqtt", rounds=3)
+    summary = check_summary(tmp_path, algorithm="gradient-tracking", transport="mqtt",
+                            rounds=3)
     assert summary["final"]["ua_mean"] > 0
     for i in range(4):
         log = (tmp_path / f"peer-{i}.log").read_text()

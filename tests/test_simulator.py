@@ -287,7 +287,7 @@ def test_cli_simulate_writes_metrics_and_summary(sim_corpus, sim_cache, tmp_path
     assert [r["round"] for r in rows] == ["1", "2"]
     assert all(r["ua_mean"] != "" and r["consensus_distance"] != "" for r in rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["algorithm"] == "dpsgd" and summary["topology"] == "ring"
+    assert summary["algorithm"] == "gradient-tracking" and summary["topology"] == "ring"
     assert summary["peers"] == 8 and summary["rounds"] == 2
     assert summary["wall_s"] >= 0
     assert summary["bytes_sent_total"] >= summary["bytes_sent_max_peer"] > 0

@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--topology", help="auto, ring, torus, regular:4, smallworld:4:0.2, er:0.2, "
                    "complete, star, hypercube, expo, or a file (default auto: regular:4 "
                    "when there are 5 peers or more, else complete)")
-    g.add_argument("--algorithm", help=f"{', '.join(ALGORITHMS)} (default dpsgd)")
-    g.add_argument("--rounds", type=int, help="rounds at most (default 100; the run stops "
+    g.add_argument("--algorithm", help=f"{', '.join(ALGORITHMS)} (default gradient-tracking: "
+                   "D-PSGD with drift correction)")
+    g.add_argument("--rounds", type=int, help="rounds at most (default 300; the run stops "
                    "earlier on a plateau, see --patience)")
     g.add_argument("--patience", type=int, help="plateau window in rounds (default 10; "
                    "0 runs every round)")

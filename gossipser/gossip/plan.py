@@ -37,10 +37,14 @@ from gossipser.learn.train import TrainConfig, speaker_groups, steps_per_epoch
 
 @dataclass(frozen=True)
 class GossipConfig:
-    algorithm: str = "dpsgd"
+    # gradient tracking: D-PSGD with drift correction, the default because one speaker per
+    # peer makes the peers' gradients differ (README, "Gossip against FedAvg and centralized")
+    algorithm: str = "gradient-tracking"
     topology: str = "auto"  # a spec (auto, ring, torus, regular:4, ...) or a file
     peers: int | None = None  # default: one per training speaker
-    rounds: int = 100  # at most; the simulator stops earlier on a plateau (see patience)
+    # at most; the simulator stops earlier on a plateau (see patience). The automatic step
+    # budget is spread over them, so more rounds mean fewer local steps between two mixes
+    rounds: int = 300
     # local training per round; None: as many steps per round as make every peer take, over
     # all rounds, the optimiser steps of centralized training on the pooled training set
     # (train.epochs x training utterances / batch size), shared as `step_share` says
