@@ -407,3 +407,23 @@ def test_attacked_runs_with_a_robust_merge_finish_and_report_honest_peers(
     assert len(s["final"]["ua_per_peer"]) == 6
     assert np.isfinite(s["final"]["ua_mean"]) and np.isfinite(s["final"]["consensus_distance"])
     assert len(sim.rows) == 4
+
+
+def test_cli_simulate_starts_workers_early_and_stops_them_on_a_bad_input(
+        sim_corpus, sim_cache, tmp_path, capsys):
+    import multiprocessing
+
+    rc = main(["simulate", "--data", str(sim_corpus), "--cache-dir", str(sim_cache),
+               "--out", str(tmp_path / "bad"), "--model", "dnn", "--width", "8",
+               "--workers", "2", "--test-speakers", "spk99", "--display", "none"])
+    assert rc == 2 and "spk99" in capsys.readouterr().err
+    assert multiprocessing.active_children() == []
+    rc = main(["simulate", "--data", str(sim_corpus), "--cache-dir", str(sim_cache),
+               "--out", str(tmp_path / "good"), "--model", "dnn", "--width", "8",
+               "--workers", "2", "--test-speakers", "spk06", "--rounds", "1",
+               "--display", "plain"])
+    assert rc == 0
+    assert "set up in" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "good" / "summary.json").read_text())
+    assert 0 < summary["setup_s"] < 120
+    assert multiprocessing.active_children() == []

@@ -302,15 +302,28 @@ def gossip_config(args: Any, doc: dict):
 
 
 def cmd_simulate(args: Any) -> int:
-    from gossipser.gossip.plan import setup_run
-    from gossipser.learn.pool import make_pool
-    from gossipser.sim.simulator import CSV_COLUMNS, Simulator
-    from gossipser.ui.display import LiveDisplay, MetricsWriter, PlainDisplay
+    from gossipser.learn.pool import WorkerProcesses
 
     console = make_console()
     doc = read_toml(args.config)
     features, model_cfg, train_cfg = run_configs(args, doc)
     gcfg = gossip_config(args, doc)
+    # the training processes import torch while this one loads the corpus and plans the run
+    started = WorkerProcesses(gcfg.workers) if gcfg.workers > 1 else None
+    try:
+        return _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
+    finally:
+        if started is not None:
+            started.close(now=True)  # still ours only when the run never started
+
+
+def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started) -> int:
+    from gossipser.cli import STARTED
+    from gossipser.gossip.plan import setup_run
+    from gossipser.learn.pool import make_pool
+    from gossipser.sim.simulator import CSV_COLUMNS, Simulator
+    from gossipser.ui.display import LiveDisplay, MetricsWriter, PlainDisplay
+
     ds = load_data(args, doc, features, console)
     test = resolve_test_speakers(args.test_speakers, doc, ds)
     choice = data_choice(args, doc)
@@ -331,8 +344,10 @@ def cmd_simulate(args: Any) -> int:
 
         taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
     try:
-        with make_pool(setup.pool_spec(), shards, workers=gcfg.workers) as pool:
-            summary = Simulator(setup, pool, listeners=listeners, taps=taps).run()
+        with make_pool(setup.pool_spec(), shards, workers=gcfg.workers,
+                       started=started) as pool:
+            summary = Simulator(setup, pool, listeners=listeners, taps=taps,
+                                started=STARTED).run()
     finally:
         for listener in listeners:
             if hasattr(listener, "close"):

@@ -10,6 +10,7 @@ peers over processes with one torch thread each.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,21 +127,76 @@ class SerialPool:
         self.close()
 
 
-def _worker_main(conn, spec: PoolSpec, shards: list[Shard]) -> None:
+def _worker_main(conn) -> None:
     # Ctrl-C is the parent's to handle: it closes the pool, which stops this worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    trainers = _Trainers(spec, shards)
+    op, payload = conn.recv()  # started ahead of the data: imports are done while we wait
+    if op != "init":
+        os._exit(0)
+    spec, shards = payload
+    try:
+        trainers = _Trainers(spec, shards)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        os._exit(1)
     conn.send(("ready", {p: t.steps_per_epoch() for p, t in trainers.trainers.items()}))
     while True:
         op, payload = conn.recv()
         if op not in ("train", "evaluate"):
-            return
+            os._exit(0)  # nothing to flush; skipping torch's teardown saves a second
         try:
             work = trainers.train if op == "train" else trainers.evaluate
             conn.send(("ok", [work(item) for item in payload]))
         except Exception as exc:  # reported to the parent as one line, the worker lives on
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class WorkerProcesses:
+    """Training processes started before the corpus is loaded: each imports torch and the
+    package while the parent reads the data, and a `ProcessPool` later hands them their
+    trainers (spawned, not forked: forking after torch started its threads is unsafe)."""
+
+    def __init__(self, workers: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns: list = []
+        self.procs: list = []
+        try:
+            for _ in range(max(1, workers)):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+                proc.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self, n: int) -> tuple[list, list]:
+        """The first `n` processes for a pool; the others are stopped."""
+        conns, procs = self.conns[:n], self.procs[:n]
+        extra = WorkerProcesses.__new__(WorkerProcesses)
+        extra.conns, extra.procs = self.conns[n:], self.procs[n:]
+        extra.close()
+        self.conns, self.procs = [], []
+        return conns, procs
+
+    def close(self, *, now: bool = False) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("stop", None))
+            except (OSError, BrokenPipeError):
+                pass
+        for proc in self.procs:
+            if now:
+                proc.terminate()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.procs = [], []
 
 
 class ProcessPool:
@@ -149,24 +205,19 @@ class ProcessPool:
     Each trainer depends only on its seed and its jobs, so results equal SerialPool's.
     """
 
-    def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *, workers: int = 2) -> None:
-        ctx = mp.get_context("spawn")  # fork after torch initialised its threads is unsafe
+    def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *, workers: int = 2,
+                 started: WorkerProcesses | None = None) -> None:
         self.workers = max(1, min(workers, len(shards)))
         self._owner: dict[int, int] = {}
-        self._conns = []
-        self._procs = []
         self._spe: dict[int, int] = {}
+        started = started if started is not None else WorkerProcesses(self.workers)
+        self._conns, self._procs = started.take(self.workers)
         try:
-            for w in range(self.workers):
+            for w, conn in enumerate(self._conns):
                 mine = [s for i, s in enumerate(shards) if i % self.workers == w]
                 for s in mine:
                     self._owner[s.peer] = w
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker_main, args=(child, spec, mine), daemon=True)
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
+                conn.send(("init", (spec, mine)))
             for conn in self._conns:
                 self._spe.update(self._recv(conn))
         except BaseException:
@@ -229,5 +280,10 @@ class ProcessPool:
         self.close(now=exc_type is not None)
 
 
-def make_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int):
-    return ProcessPool(spec, shards, workers=workers) if workers > 1 else SerialPool(spec, shards)
+def make_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int,
+              started: WorkerProcesses | None = None):
+    if workers > 1:
+        return ProcessPool(spec, shards, workers=workers, started=started)
+    if started is not None:
+        started.close()
+    return SerialPool(spec, shards)

@@ -62,8 +62,10 @@ def consensus_distance_of(states: Sequence[Params], *, skip: frozenset[str] = fr
 
 class Simulator:
     def __init__(self, setup: RunSetup, pool, *, listeners: Sequence[Listener] = (),
-                 taps: Sequence[Tap] = ()) -> None:
+                 taps: Sequence[Tap] = (), started: float | None = None) -> None:
         self.setup = setup
+        self.started = started  # perf_counter() when the command started: setup_s
+        self.setup_s: float | None = None
         self.taps = list(taps)
         self.round = 0
         self.private = setup.private
@@ -202,7 +204,10 @@ class Simulator:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self._emit(RunStarted(info={**self.setup.describe(), "workers": self.pool.workers}))
+        if self.started is not None:
+            self.setup_s = round(time.perf_counter() - self.started, 2)
+        self._emit(RunStarted(info={**self.setup.describe(), "workers": self.pool.workers,
+                                    "setup_s": self.setup_s}))
         t0 = time.perf_counter()
         self.stopped = {"round": cfg.rounds, "reason": f"ran the {cfg.rounds} rounds planned"}
         for r in range(1, cfg.rounds + 1):
@@ -253,6 +258,7 @@ class Simulator:
                  for p in range(len(self.peers))]
         return {
             **self.setup.describe(), "wall_s": round(wall_s, 2),
+            **({"setup_s": self.setup_s} if self.setup_s is not None else {}),
             "bytes_sent_total": int(sum(self.bytes_sent.values())),
             "bytes_sent_max_peer": int(max(self.bytes_sent[i] for i in range(len(self.peers)))),
             "bytes_sent_max_node": int(max(self.bytes_sent.values())),

@@ -77,7 +77,8 @@ class PlainDisplay:
                 f"simulate: {i['algorithm']} on {i['topology']}, {i['peers']} peers, "
                 f"{i['rounds']} rounds, {i['model']} on {i['corpus']} "
                 f"({len(i['classes'])} classes), {i['workers']} worker process(es)"
-                + defence_text(i))
+                + defence_text(i)
+                + (f"; set up in {i['setup_s']:.1f} s" if i.get("setup_s") is not None else ""))
         elif isinstance(event, RoundFinished) and event.row["ua_mean"] != "":
             r = event.row
             self.console.print(
@@ -132,6 +133,7 @@ class LiveDisplay:
             ("gossipser ", "bold"), f"{i.get('algorithm')} on {i.get('topology')} · ",
             f"{i.get('peers')} peers · {i.get('model')} · {i.get('corpus')} · ",
             f"{len(i.get('classes', []))} classes · {i.get('workers')} workers",
+            (f" · set up in {i['setup_s']:.1f} s" if i.get("setup_s") is not None else ""),
             (defence_text(i), "red"),
         )
         ev = self.last
