@@ -46,8 +46,11 @@ def test_krum_scores_and_multi_krum_drop_the_outlier():
 def test_clipped_gossip_fixed_and_auto_radius():
     x = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
     np.testing.assert_allclose(clipped_gossip(x, None, 1.0), [0.2, 0.6])
-    # auto: tau = median(5, 1) = 3, so (3, 4) is scaled to (1.8, 2.4)
-    np.testing.assert_allclose(clipped_gossip(x, None, None), [0.6, 3.4 / 3])
+    # auto: tau = the lower median of the distances (1, 5) = 1
+    np.testing.assert_allclose(clipped_gossip(x, None, None), [0.2, 0.6])
+    # three neighbours at 1, 2 and 10: tau = 2
+    y = np.array([[0.0], [1.0], [2.0], [10.0]])
+    np.testing.assert_allclose(clipped_gossip(y, None, None), [(1 + 2 + 2) / 4])
     # weights: row 0 keeps its share; a neighbour within the radius is not clipped
     np.testing.assert_allclose(clipped_gossip(x, [2, 1, 1], 10.0), [0.75, 1.25])
 

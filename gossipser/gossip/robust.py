@@ -12,8 +12,8 @@ returns one merged row:
                      n - F best-scored rows; tolerates F bad rows when n > 2F + 2
     clip:TAU         ClippedGossip (He, Karimireddy & Jaggi 2022): x_own + sum_j w_j
                      CLIP(x_j - x_own, TAU), where CLIP scales a difference down to norm TAU;
-                     clip:auto takes TAU per merge as the median of the neighbours' distances
-                     (with an honest majority, at most the distance of an honest neighbour)
+                     clip:auto takes TAU per merge as the lower median of the neighbours'
+                     distances (an honest neighbour's distance while at most half attack)
 
 When fewer rows arrive than a rule needs (a neighbour's message was lost), the rule does what
 the rows allow: K and F shrink to the largest value that still leaves an honest majority.
@@ -147,7 +147,7 @@ def clip_to(z: np.ndarray, tau: float) -> np.ndarray:
 def clipped_gossip(stacked: np.ndarray, weights: Sequence[float] | None,
                    tau: float | None) -> np.ndarray:
     """x_0 + sum_{j>0} w_j CLIP(x_j - x_0, tau), w normalised to sum to 1 over all rows (row 0
-    keeps its own share); tau None: the median of the distances ||x_j - x_0||."""
+    keeps its own share); tau None: the lower median of the distances ||x_j - x_0||."""
     x = _rows(stacked)
     n = x.shape[0]
     w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -155,8 +155,9 @@ def clipped_gossip(stacked: np.ndarray, weights: Sequence[float] | None,
         raise ValueError(f"clipped_gossip: need one non-negative weight per row, got {w}")
     w = w / w.sum()
     diffs = x[1:] - x[0]
-    if tau is None:
-        tau = float(np.median(np.linalg.norm(diffs, axis=1))) if n > 1 else 0.0
+    if tau is None:  # the lower median: an honest neighbour's distance while at most half
+        dist = np.sort(np.linalg.norm(diffs, axis=1))  # of the neighbours attack
+        tau = float(dist[(len(dist) - 1) // 2]) if n > 1 else 0.0
     out = x[0].copy()
     for wj, z in zip(w[1:], diffs, strict=True):
         out += wj * clip_to(z, tau)
