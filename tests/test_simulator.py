@@ -263,6 +263,25 @@ def test_process_pool_matches_serial_pool(ds):
     assert column(parallel, "ua_mean") == pytest.approx(column(serial, "ua_mean"))
 
 
+def test_ray_pool_matches_serial_pool(ds, sim_corpus, sim_cache, tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'gossipser[ray]'; "
+                        "make test installs it)")
+    from gossipser.learn.pool_ray import RayPool
+
+    gossip = dict(algorithm="gradient-tracking", peers=6, rounds=2, local_epochs=1)
+    serial = simulate(ds, pool_cls=SerialPool, **gossip)
+    on_ray = simulate(ds, pool_cls=lambda spec, shards: RayPool(spec, shards, workers=2),
+                      **gossip)
+    assert on_ray.pool.workers == 2
+    for s, p in zip(serial.final_states(), on_ray.final_states(), strict=True):
+        np.testing.assert_allclose(flatten(p), flatten(s), rtol=1e-5, atol=1e-5)
+    assert column(on_ray, "ua_mean") == pytest.approx(column(serial, "ua_mean"))
+    # and from the command line
+    assert cli_simulate(sim_corpus, sim_cache, tmp_path / "ray", "--backend", "ray",
+                        "--workers", "2", "--display", "none") == 0
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text())["final"]["ua_mean"] > 0
+
+
 # --- command line
 
 

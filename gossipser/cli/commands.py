@@ -297,7 +297,8 @@ def gossip_config(args: Any, doc: dict):
     a = vars(args)
     keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
             "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
-            "patience", "private_layers", "robust", "byzantine", "attack")
+            "patience", "private_layers", "robust", "byzantine", "attack", "backend",
+            "ray_address")
     return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")
 
 
@@ -309,7 +310,8 @@ def cmd_simulate(args: Any) -> int:
     features, model_cfg, train_cfg = run_configs(args, doc)
     gcfg = gossip_config(args, doc)
     # the training processes import torch while this one loads the corpus and plans the run
-    started = WorkerProcesses(gcfg.workers) if gcfg.workers > 1 else None
+    started = (WorkerProcesses(gcfg.workers)
+               if gcfg.workers > 1 and gcfg.backend == "process" else None)
     try:
         return _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
     finally:
@@ -344,8 +346,8 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
 
         taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
     try:
-        with make_pool(setup.pool_spec(), shards, workers=gcfg.workers,
-                       started=started) as pool:
+        with make_pool(setup.pool_spec(), shards, workers=gcfg.workers, started=started,
+                       backend=gcfg.backend, ray_address=gcfg.ray_address) as pool:
             summary = Simulator(setup, pool, listeners=listeners, taps=taps,
                                 started=STARTED).run()
     finally:

@@ -128,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stragglers", type=float, help="probability a peer does 10-50%% of its steps")
     g.add_argument("--fraction", type=float, help="FedAvg: share of clients per round")
     g.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
-    g.add_argument("--workers", type=int, help="training processes (default 2)")
+    g.add_argument("--workers", type=int, help="training processes or Ray actors (default 2)")
+    g.add_argument("--backend", choices=("process", "ray"), help="where the peers' trainers "
+                   "live: a local process pool (default) or Ray actors (pip install "
+                   "'gossipser[ray]')")
+    g.add_argument("--ray-address", metavar="HOST:PORT", help="join the Ray cluster started "
+                   "there with `ray start --head` (default: a local Ray)")
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last or module names "
                    "(e.g. features.0.0), comma-separated")

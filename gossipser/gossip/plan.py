@@ -61,7 +61,11 @@ class GossipConfig:
     stragglers: float = 0.0  # probability that a peer does only 10-50% of its local steps
     fraction: float = 1.0  # FedAvg: share of clients asked to train each round
     eval_every: int = 1
-    workers: int = 2  # simulator training processes
+    workers: int = 2  # simulator training processes (or Ray actors)
+    # simulator: where trainers live: "process" (a local process pool) or "ray" (Ray actors,
+    # locally or on the cluster at ray_address, HOST:PORT)
+    backend: str = "process"
+    ray_address: str = ""
     init: str = "shared"  # shared: one initial model from the run seed; independent: per peer
     # simulator: stop when, over the last `patience` rounds, the mean training loss fell by
     # less than 1 % and the consensus distance by less than 5 % against the `patience` rounds
@@ -102,6 +106,8 @@ class GossipConfig:
         if self.step_share not in ("samples", "equal"):
             raise ConfigError(f"gossip step_share must be samples or equal, got "
                               f"{self.step_share!r}")
+        if self.backend not in ("process", "ray"):
+            raise ConfigError(f"gossip backend must be process or ray, got {self.backend!r}")
         if self.init not in ("shared", "independent"):
             raise ConfigError("gossip init must be shared or independent")
         if self.peers is not None and self.peers < 2:

@@ -281,7 +281,16 @@ class ProcessPool:
 
 
 def make_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int,
-              started: WorkerProcesses | None = None):
+              started: WorkerProcesses | None = None, backend: str = "process",
+              ray_address: str | None = None):
+    """The training pool of a run: Ray actors (`backend="ray"`), processes, or this process
+    alone (one worker)."""
+    if backend == "ray":
+        if started is not None:
+            started.close()
+        from gossipser.learn.pool_ray import RayPool
+
+        return RayPool(spec, shards, workers=workers, address=ray_address or None)
     if workers > 1:
         return ProcessPool(spec, shards, workers=workers, started=started)
     if started is not None:
