@@ -320,9 +320,9 @@ def cmd_simulate(args: Any) -> int:
 
 
 def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started) -> int:
-    from gossipser.cli import STARTED
+    from gossipser.cli.started import STARTED
     from gossipser.gossip.plan import setup_run
-    from gossipser.learn.pool import make_pool
+    from gossipser.learn.pool_ray import open_pool
     from gossipser.sim.simulator import CSV_COLUMNS, Simulator
     from gossipser.ui.display import LiveDisplay, MetricsWriter, PlainDisplay
 
@@ -346,8 +346,8 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
 
         taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
     try:
-        with make_pool(setup.pool_spec(), shards, workers=gcfg.workers, started=started,
-                       backend=gcfg.backend, ray_address=gcfg.ray_address) as pool:
+        with open_pool(setup.pool_spec(), shards, workers=gcfg.workers, started=started,
+                       backend=gcfg.backend, address=gcfg.ray_address) as pool:
             summary = Simulator(setup, pool, listeners=listeners, taps=taps,
                                 started=STARTED).run()
     finally:

@@ -281,16 +281,9 @@ class ProcessPool:
 
 
 def make_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int,
-              started: WorkerProcesses | None = None, backend: str = "process",
-              ray_address: str | None = None):
-    """The training pool of a run: Ray actors (`backend="ray"`), processes, or this process
-    alone (one worker)."""
-    if backend == "ray":
-        if started is not None:
-            started.close()
-        from gossipser.learn.pool_ray import RayPool
-
-        return RayPool(spec, shards, workers=workers, address=ray_address or None)
+              started: WorkerProcesses | None = None):
+    """The training pool of a run: processes, or this process alone (one worker); Ray
+    actors are `gossipser.learn.pool_ray.RayPool`."""
     if workers > 1:
         return ProcessPool(spec, shards, workers=workers, started=started)
     if started is not None:

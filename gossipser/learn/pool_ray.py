@@ -14,7 +14,16 @@ from collections.abc import Sequence
 
 from gossipser.errors import ConfigError, GossipserError
 from gossipser.learn.metrics import Scores
-from gossipser.learn.pool import Params, PoolSpec, Shard, TrainJob, TrainResult, _Trainers
+from gossipser.learn.pool import (
+    Params,
+    PoolSpec,
+    Shard,
+    TrainJob,
+    TrainResult,
+    WorkerProcesses,
+    _Trainers,
+    make_pool,
+)
 
 
 class _Worker:
@@ -116,3 +125,13 @@ class RayPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_pool(spec: PoolSpec, shards: Sequence[Shard], *, workers: int, backend: str = "process",
+              started: WorkerProcesses | None = None, address: str = ""):
+    """A run's training pool: Ray actors (`backend="ray"`), else processes or this process."""
+    if backend == "ray":
+        if started is not None:
+            started.close()
+        return RayPool(spec, shards, workers=workers, address=address or None)
+    return make_pool(spec, shards, workers=workers, started=started)
