@@ -247,11 +247,12 @@ async def test_tcp_connection_flood_and_slow_frames_are_cut_off_and_counted() ->
             slow_r, slow_w = await asyncio.open_connection(host, port)
             slow_w.write((1000).to_bytes(4, "big") + b"abc")
             await slow_w.drain()
-            # twenty idle connections: eight are held at most, the rest closed at once
-            idle = [await asyncio.open_connection(host, port) for _ in range(20)]
             await eventually(lambda: t0.stats.slow_dropped == 1)
             assert await slow_r.read() == b""  # the node hung up on the slow writer
+            # twenty idle connections: eight are held at most, the older silent ones closed
+            idle = [await asyncio.open_connection(host, port) for _ in range(20)]
             await eventually(lambda: t0.stats.connections_refused >= 12)
+            assert len(t0._handlers) <= 8
             for _, w in idle:
                 w.close()
             slow_w.close()
@@ -547,3 +548,57 @@ async def test_mqtt_tls_acl_lets_only_neighbours_write_and_nobody_else_in(run_ke
                         async with aiomqtt.Client("127.0.0.1", broker.port, timeout=2,
                                                   tls_context=tls) as outsider:
                             await outsider.subscribe("gossipser/#")
+
+
+FD_LIMIT_NODE = r"""
+import asyncio, resource, sys
+from gossipser.net.broker import free_port
+from gossipser.net.tcp import TcpTransport
+from gossipser.net.transport import TransportConfig
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+port0, port1 = int(sys.argv[1]), free_port()
+addresses = {0: ("127.0.0.1", port0), 1: ("127.0.0.1", port1)}
+
+async def main():
+    cfg = dict(kind="tcp", addresses=addresses, max_connections=16, send_timeout=20.0)
+    async with TcpTransport(TransportConfig(node=0, **cfg)) as t0, \
+            TcpTransport(TransportConfig(node=1, **cfg)) as t1:
+        print("listening", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the flood is on
+        frames = aiter(t0.incoming())
+        for k in range(3):
+            await t1.send(0, b"legit %d" % k)
+            assert await asyncio.wait_for(anext(frames), 20) == b"legit %d" % k
+        print("ok", t0.stats.connections_refused, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_tcp_node_outlives_a_connection_flood_beyond_its_file_limit(tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FD_LIMIT_NODE, str(port)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    held = []
+    try:
+        assert proc.stdout.readline().strip() == "listening"
+        for _ in range(300):  # more connections than the node has file descriptors
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                pass
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        ok, refused = out.split()[-2:]
+        assert ok == "ok" and int(refused) > 100
+    finally:
+        for s in held:
+            s.close()
+        proc.kill()

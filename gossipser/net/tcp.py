@@ -35,6 +35,8 @@ class TcpTransport:
         self._inbox = Inbox(cfg.inbox_size)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        # inbound connections that have not delivered a frame yet, oldest first
+        self._silent: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._ever_connected: set[int] = set()
@@ -137,25 +139,47 @@ class TcpTransport:
         return writer
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._handlers) >= self.cfg.max_connections:  # a flood: keep what we hold
-            self.stats.connections_refused += 1
+        if len(self._handlers) >= self.cfg.max_connections and not self._evict_silent():
+            self.stats.connections_refused += 1  # a flood of talking connections: keep ours
             _abort((reader, writer))
             return
         # Our own task rather than a coroutine callback: Python 3.11's start_server logs a
         # spurious "Unhandled exception" when it sees its handler task cancelled.
         task = asyncio.create_task(self._serve(reader, writer))
         self._handlers.add(task)
+        self._silent[task] = writer
         task.add_done_callback(self._handlers.discard)
+        task.add_done_callback(lambda t: self._silent.pop(t, None))
+
+    def _evict_silent(self) -> bool:
+        """At the connection limit, close the oldest connection that has not delivered a
+        frame yet (idle connections held by a flood must not lock the neighbours out)."""
+        for task, writer in self._silent.items():  # insertion order: oldest first
+            self.stats.connections_refused += 1
+            del self._silent[task]
+            self._handlers.discard(task)
+            writer.transport.abort()
+            return True
+        return False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One inbound connection: read frames until EOF; bad framing closes only it."""
+        """One inbound connection: read frames until EOF; bad framing closes only it, and so
+        does silence: its first frame must arrive within twice frame_timeout."""
+        task = asyncio.current_task()
         try:
             while True:
-                frame = await wire.read_frame(reader, self.cfg.max_frame,
-                                              self.cfg.frame_timeout)
+                # the first frame, whole, within twice frame_timeout of the connection
+                first = asyncio.timeout(2 * self.cfg.frame_timeout if task in self._silent
+                                        else None)
+                async with first:
+                    frame = await wire.read_frame(reader, self.cfg.max_frame,
+                                                  self.cfg.frame_timeout)
+                self._silent.pop(task, None)  # it talks: a neighbour, not an idle flood
                 self.stats.frames_received += 1
                 self.stats.bytes_received += len(frame)
                 await self._inbox.put(frame)  # a full inbox stops reading: TCP backpressure
+        except TimeoutError:  # connected and said nothing
+            self.stats.slow_dropped += 1
         except WireError:  # declared length over max_frame (or garbage read as a length)
             self.stats.oversized_dropped += 1
         except TransportError as exc:  # EOF or reset; count it when it cut a frame short
