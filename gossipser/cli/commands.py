@@ -320,7 +320,7 @@ def cmd_simulate(args: Any) -> int:
 
 
 def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started) -> int:
-    from gossipser.cli.started import STARTED
+    from gossipser.cli import started as clock
     from gossipser.gossip.plan import setup_run
     from gossipser.learn.pool_ray import open_pool
     from gossipser.sim.simulator import CSV_COLUMNS, Simulator
@@ -349,7 +349,7 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
         with open_pool(setup.pool_spec(), shards, workers=gcfg.workers, started=started,
                        backend=gcfg.backend, address=gcfg.ray_address) as pool:
             summary = Simulator(setup, pool, listeners=listeners, taps=taps,
-                                started=STARTED).run()
+                                started=clock.STARTED).run()
     finally:
         for listener in listeners:
             if hasattr(listener, "close"):

@@ -225,6 +225,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gossipser.cli import started
+
+    started.mark()
     args = build_parser().parse_args(argv)
     try:
         import torch
