@@ -173,16 +173,21 @@ class WorkerProcesses:
             self.close()
             raise
 
-    def take(self, n: int) -> tuple[list, list]:
-        """The first `n` processes for a pool; the others are stopped."""
-        conns, procs = self.conns[:n], self.procs[:n]
-        extra = WorkerProcesses.__new__(WorkerProcesses)
-        extra.conns, extra.procs = self.conns[n:], self.procs[n:]
-        extra.close()
+    @classmethod
+    def _holding(cls, conns: list, procs: list) -> WorkerProcesses:
+        held = cls.__new__(cls)
+        held.conns, held.procs = conns, procs
+        return held
+
+    def take(self, n: int) -> WorkerProcesses:
+        """The first `n` processes, for a pool; the others are stopped."""
+        taken = WorkerProcesses._holding(self.conns[:n], self.procs[:n])
+        WorkerProcesses._holding(self.conns[n:], self.procs[n:]).close()
         self.conns, self.procs = [], []
-        return conns, procs
+        return taken
 
     def close(self, *, now: bool = False) -> None:
+        """Stop the workers: politely, or at once (`now`, e.g. after Ctrl-C mid-round)."""
         for conn in self.conns:
             try:
                 conn.send(("stop", None))
@@ -199,6 +204,20 @@ class WorkerProcesses:
         self.conns, self.procs = [], []
 
 
+def jobs_by_worker(jobs: Sequence[TrainJob], owner: dict[int, int]) -> dict[int, list[TrainJob]]:
+    """The jobs each worker runs (a peer's trainer lives on worker `owner[peer]`)."""
+    by_worker: dict[int, list[TrainJob]] = {}
+    for j in jobs:
+        by_worker.setdefault(owner[j.peer], []).append(j)
+    return by_worker
+
+
+def states_by_worker(n_states: int, workers: int) -> dict[int, list[int]]:
+    """Indices of the states each worker evaluates, round-robin (idle workers left out)."""
+    parts = {w: list(range(w, n_states, workers)) for w in range(workers)}
+    return {w: idx for w, idx in parts.items() if idx}
+
+
 class ProcessPool:
     """Peers sharded round-robin over `workers` processes, one torch thread each.
 
@@ -211,7 +230,8 @@ class ProcessPool:
         self._owner: dict[int, int] = {}
         self._spe: dict[int, int] = {}
         started = started if started is not None else WorkerProcesses(self.workers)
-        self._conns, self._procs = started.take(self.workers)
+        self._procs = started.take(self.workers)
+        self._conns = self._procs.conns
         try:
             for w, conn in enumerate(self._conns):
                 mine = [s for i, s in enumerate(shards) if i % self.workers == w]
@@ -237,41 +257,25 @@ class ProcessPool:
         return dict(self._spe)
 
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
-        by_worker: dict[int, list[TrainJob]] = {}
-        for j in jobs:
-            by_worker.setdefault(self._owner[j.peer], []).append(j)
+        by_worker = jobs_by_worker(jobs, self._owner)
         for w, js in by_worker.items():
             self._conns[w].send(("train", js))
         results = {r.peer: r for w in by_worker for r in self._recv(self._conns[w])}
         return [results[j.peer] for j in jobs]
 
     def evaluate(self, states: Sequence[Params]) -> list[Scores]:
-        parts = [list(range(w, len(states), self.workers)) for w in range(self.workers)]
-        busy = [w for w in range(self.workers) if parts[w]]
-        for w in busy:
-            self._conns[w].send(("evaluate", [states[i] for i in parts[w]]))
+        parts = states_by_worker(len(states), self.workers)
+        for w, idx in parts.items():
+            self._conns[w].send(("evaluate", [states[i] for i in idx]))
         out: list[Scores | None] = [None] * len(states)
-        for w in busy:
-            for i, s in zip(parts[w], self._recv(self._conns[w]), strict=True):
+        for w, idx in parts.items():
+            for i, s in zip(idx, self._recv(self._conns[w]), strict=True):
                 out[i] = s
         return out  # type: ignore[return-value]
 
     def close(self, *, now: bool = False) -> None:
         """Stop the workers: politely, or at once (`now`, e.g. after Ctrl-C mid-round)."""
-        for conn in self._conns:
-            try:
-                conn.send(("stop", None))
-            except (OSError, BrokenPipeError):
-                pass
-        for proc in self._procs:
-            if now:
-                proc.terminate()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        for conn in self._conns:
-            conn.close()
-        self._conns, self._procs = [], []
+        self._procs.close(now=now)
 
     def __enter__(self):
         return self

@@ -22,7 +22,9 @@ from gossipser.learn.pool import (
     TrainResult,
     WorkerProcesses,
     _Trainers,
+    jobs_by_worker,
     make_pool,
+    states_by_worker,
 )
 
 
@@ -94,21 +96,18 @@ class RayPool:
         return dict(self._spe)
 
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
-        by_worker: dict[int, list[TrainJob]] = {}
-        for j in jobs:
-            by_worker.setdefault(self._owner[j.peer], []).append(j)
-        refs = [self._actors[w].train.remote(js) for w, js in by_worker.items()]
+        refs = [self._actors[w].train.remote(js)
+                for w, js in jobs_by_worker(jobs, self._owner).items()]
         results = {r.peer: r for part in self._get(refs) for r in part}
         return [results[j.peer] for j in jobs]
 
     def evaluate(self, states: Sequence[Params]) -> list[Scores]:
-        parts = [list(range(w, len(states), self.workers)) for w in range(self.workers)]
-        busy = [w for w in range(self.workers) if parts[w]]
-        got = self._get([self._actors[w].evaluate.remote([states[i] for i in parts[w]])
-                         for w in busy])
+        parts = states_by_worker(len(states), self.workers)
+        got = self._get([self._actors[w].evaluate.remote([states[i] for i in idx])
+                         for w, idx in parts.items()])
         out: list[Scores | None] = [None] * len(states)
-        for w, scores in zip(busy, got, strict=True):
-            for i, s in zip(parts[w], scores, strict=True):
+        for idx, scores in zip(parts.values(), got, strict=True):
+            for i, s in zip(idx, scores, strict=True):
                 out[i] = s
         return out  # type: ignore[return-value]
 
