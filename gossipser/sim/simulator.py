@@ -160,9 +160,9 @@ class Simulator:
         return online, losses
 
     def _row(self, r: int, online: set[int], losses: dict[int, float], evaluate: bool,
-             t0: float) -> tuple[dict, tuple[PeerStatus, ...]]:
+             t0: float, consensus: tuple[float, np.ndarray]) -> tuple[dict, tuple[PeerStatus, ...]]:
         states = [self.peers[i].params for i in self.honest]
-        dist, honest_dist = consensus_distance_of(states, skip=self.private)
+        dist, honest_dist = consensus
         per_peer = dict(zip(self.honest, honest_dist, strict=True))
         peer_bytes = [self.bytes_sent[i] for i in range(len(self.peers))]
         row: dict = {c: "" for c in CSV_COLUMNS}
@@ -212,9 +212,13 @@ class Simulator:
         self.stopped = {"round": cfg.rounds, "reason": f"ran the {cfg.rounds} rounds planned"}
         for r in range(1, cfg.rounds + 1):
             online, losses = self.run_round(r)
-            plateau = self._plateau(losses, r)
+            # over the honest peers: (distance, per-peer distances), for the plateau and row
+            consensus = consensus_distance_of([self.peers[i].params for i in self.honest],
+                                              skip=self.private)
+            plateau = self._plateau(losses, r, consensus[0])
             last = r == cfg.rounds or plateau is not None
-            row, statuses = self._row(r, online, losses, r % cfg.eval_every == 0 or last, t0)
+            row, statuses = self._row(r, online, losses, r % cfg.eval_every == 0 or last, t0,
+                                      consensus)
             self.rows.append(row)
             self._emit(RoundFinished(round=r, rounds=cfg.rounds, row=row, peers=statuses))
             if plateau is not None:
@@ -224,7 +228,7 @@ class Simulator:
         self._emit(RunFinished(summary=summary))
         return summary
 
-    def _plateau(self, losses: dict[int, float], r: int) -> str | None:
+    def _plateau(self, losses: dict[int, float], r: int, dist: float) -> str | None:
         """Why the run has reached its plateau (None: not yet): over the last `patience`
         rounds against the `patience` before, the mean training loss fell by < 1 % and the
         consensus distance by < 5 %."""
@@ -232,8 +236,7 @@ class Simulator:
         if p == 0:
             return None
         self._loss.append(self._honest_loss(losses))
-        self._dist.append(consensus_distance_of([self.peers[i].params for i in self.honest],
-                                                skip=self.private)[0])
+        self._dist.append(dist)
         if r < 2 * p:
             return None
         loss, dist = np.array(self._loss[-2 * p:]), np.array(self._dist[-2 * p:])
