@@ -8,6 +8,7 @@ same set-up and loads only its own shard.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from gossipser.gossip.byzantine import Attack, byzantine_ids, parse_attack
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
 from gossipser.gossip.private import private_names, public
-from gossipser.gossip.robust import parse_robust
+from gossipser.gossip.robust import RobustRule, parse_robust
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.topology import build_topology
 from gossipser.learn.modelio import n_inputs
@@ -217,16 +218,21 @@ class RunSetup:
             params=self.initial_params(pid),
             samples=len(self.parts[pid]), run=self.run_id, mix_row=row,
             rng=np.random.default_rng([self.seed, 7, pid]), private=self.private,
-            robust=parse_robust(self.cfg.robust),
+            robust=self.robust,
             attack=self.peer_attack(pid, attack),
         )
 
-    @property
+    @functools.cached_property
     def byzantine(self) -> frozenset[int]:
         """The peers that attack (`GossipConfig.byzantine`)."""
         return byzantine_ids(self.cfg.byzantine, self.n_peers, self.seed)
 
-    @property
+    @functools.cached_property
+    def robust(self) -> RobustRule | None:
+        """The Byzantine-robust merge rule (`GossipConfig.robust`), or None."""
+        return parse_robust(self.cfg.robust)
+
+    @functools.cached_property
     def attack(self) -> Attack | None:
         """What the Byzantine peers do (`GossipConfig.attack`)."""
         return parse_attack(self.cfg.attack)
@@ -259,8 +265,7 @@ class RunSetup:
             "peer_utterances": [int(len(p)) for p in self.parts],
             **({"private_layers": sorted(self.private)} if self.private else {}),
             **({"dp": dp_description(self.train)} if self.train.dp is not None else {}),
-            **({"robust": str(parse_robust(self.cfg.robust))}
-               if parse_robust(self.cfg.robust) else {}),
+            **({"robust": str(self.robust)} if self.robust else {}),
             **({"byzantine": sorted(self.byzantine), "attack": str(self.attack)}
                if self.byzantine else {}),
         }
