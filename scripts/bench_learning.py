@@ -19,8 +19,9 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,10 @@ from gossipser.ui.report import error_line, make_console
 FIELDS = ("ua_central", "ua_gossip_mean", "ua_gossip_min", "ua_gossip_avg_model", "gap")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark script's parser with the corpus, config and output flags (bench_learning,
+    bench_robust)."""
+    p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="DIR", help="corpus folder (default: synthetic corpus)")
     p.add_argument("--corpus", help="naming convention (default auto)")
@@ -53,6 +56,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", metavar="DIR")
     p.add_argument("--config", metavar="FILE.toml", help="run config (flags override it)")
     p.add_argument("--out", required=True, metavar="DIR")
+    return p
+
+
+def script_main(args: argparse.Namespace, run: Callable[[argparse.Namespace, Any], int]) -> int:
+    """Run a benchmark script: one torch thread, a console, a GossipserError as one line."""
+    torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+    console = make_console()
+    try:
+        return run(args, console)
+    except GossipserError as exc:
+        error_line(str(exc))
+        return 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = script_parser(__doc__)
     split = p.add_mutually_exclusive_group()
     split.add_argument("--folds", type=int, metavar="K",
                        help="K-fold by speaker (by session on IEMOCAP)")
@@ -151,14 +170,7 @@ def run(args: argparse.Namespace, console) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
-    console = make_console()
-    try:
-        return run(args, console)
-    except GossipserError as exc:
-        error_line(str(exc))
-        return 2
+    return script_main(parse_args(argv), run)
 
 
 if __name__ == "__main__":

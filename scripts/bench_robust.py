@@ -17,36 +17,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
+from bench_learning import script_main, script_parser  # scripts/ is on sys.path
 from rich import box
 from rich.table import Table
 
 from gossipser.cli.commands import gossip_config, load_data, resolve_test_speakers
 from gossipser.cli.options import run_configs
 from gossipser.config import read_toml
-from gossipser.errors import GossipserError
 from gossipser.gossip.plan import setup_run
 from gossipser.learn.pool import make_pool
 from gossipser.sim.simulator import Simulator
-from gossipser.ui.report import error_line, make_console
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", metavar="DIR", help="corpus folder (default: synthetic corpus)")
-    p.add_argument("--corpus", help="naming convention (default auto)")
-    p.add_argument("--emotions", help="class subset")
-    p.add_argument("--iemocap-improvised-only", action="store_true", default=None)
-    p.add_argument("--cache-dir", metavar="DIR")
-    p.add_argument("--config", metavar="FILE.toml")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p = script_parser(__doc__)
     p.add_argument("--test-speakers", metavar="LIST")
     p.add_argument("--seeds", default="0", metavar="LIST")
     p.add_argument("--byzantine", default="2", help="attackers: a count or ids (default 2)")
@@ -135,14 +124,7 @@ def run(args: argparse.Namespace, console) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
-    console = make_console()
-    try:
-        return run(args, console)
-    except GossipserError as exc:
-        error_line(str(exc))
-        return 2
+    return script_main(parse_args(argv), run)
 
 
 if __name__ == "__main__":
