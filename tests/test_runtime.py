@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgpack
@@ -474,6 +474,30 @@ async def send_raw(port: int, data: bytes) -> None:
             await writer.wait_closed()
 
 
+async def run_attacked(setup: RunSetup, net: NetworkConfig, out: Path,
+                       attack: Callable[[], Awaitable[None]]) -> list[dict]:
+    """The network run, with `attack()` started once peer 0 has finished round 1; the attack
+    must run to its end, without an error, while the run goes on."""
+    round_one = asyncio.Event()
+
+    def status(pid: int) -> runtime.Status | None:
+        return (lambda row: round_one.set() if row.get("round") == 1 else None) if pid == 0 \
+            else None
+
+    async def after_round_one() -> None:
+        await round_one.wait()
+        await attack()
+
+    attacker = asyncio.create_task(after_round_one())
+    try:
+        results = await run_network(setup, net, out, status=status)
+    finally:
+        attacker.cancel()
+        await asyncio.gather(attacker, return_exceptions=True)
+    assert attacker.done() and not attacker.cancelled() and attacker.exception() is None
+    return results
+
+
 async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
         ds: Dataset, tmp_path: Path, transports: dict) -> None:
     # Prepare: a ring 0-1-2-3 over TCP; frames go to peer 0 (neighbours 1 and 3)
@@ -482,14 +506,8 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
     net = tcp_net()
     port = net.base_port
     frames = hostile_frames(setup)
-    round_one = asyncio.Event()
-
-    def status(pid: int) -> runtime.Status | None:
-        return (lambda row: round_one.set() if row.get("round") == 1 else None) if pid == 0 \
-            else None
 
     async def attack() -> None:
-        await round_one.wait()
         # what peer 1 really sent peer 0 in round 1, replayed twice
         replays = [f for f in transports[1].sent
                    if decode(f, secret=SECRET).meta.get("to") == 0][:1] * 2
@@ -501,14 +519,8 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
         await send_raw(port, (5000).to_bytes(4, "big") + b"cut short")  # truncated stream
 
     # Execute
-    attacker = asyncio.create_task(attack())
-    try:
-        results = await run_network(setup, net, tmp_path, status=status)
-    finally:
-        attacker.cancel()
-        await asyncio.gather(attacker, return_exceptions=True)
+    results = await run_attacked(setup, net, tmp_path, attack)
     # Assert: every frame refused and counted, and the run completed all the same
-    assert attacker.done() and not attacker.cancelled() and attacker.exception() is None
     expected = Counter(reason for reason, _ in frames) + Counter(oversized=1, truncated=1)
     assert results[0]["rejected"] == expected
     assert results[0]["rows"][-1]["rejected"] == len(frames)
@@ -570,11 +582,9 @@ async def test_a_key_holder_cannot_speak_for_another_peer_and_outsiders_cannot_c
     body_lies = data + peer2.sign(data)
     frames = [("signature", forged), ("sender does not match its key", body_lies),
               ("unsigned", encode(msg(1, now + 3), secret=SECRET))]
-    round_one = asyncio.Event()
     outsiders: dict[str, bool] = {}
 
     async def attack() -> None:
-        await round_one.wait()
         stream = b"".join(len(f).to_bytes(4, "big") + f for _, f in frames)
         _, writer = await asyncio.open_connection("127.0.0.1", port,
                                                   ssl=peer2.client_context())
@@ -591,17 +601,7 @@ async def test_a_key_holder_cannot_speak_for_another_peer_and_outsiders_cannot_c
             except (OSError, ConnectionError, TimeoutError):
                 outsiders[name] = False
 
-    def status(pid: int):
-        return (lambda row: round_one.set() if row.get("round") == 1 else None) \
-            if pid == 0 else None
-
-    attacker = asyncio.create_task(attack())
-    try:
-        results = await run_network(setup, net, tmp_path, status=status)
-    finally:
-        attacker.cancel()
-        await asyncio.gather(attacker, return_exceptions=True)
-    assert attacker.exception() is None
+    results = await run_attacked(setup, net, tmp_path, attack)
     assert results[0]["rejected"] == Counter(reason for reason, _ in frames)
     assert outsiders == {"plain TCP": False, "another CA": False}
     assert [len(r["rows"]) for r in results] == [6] * 4
