@@ -81,7 +81,9 @@ def encode(msg: Message, *, secret: bytes | None = None, signer: Signer | None =
         if msg.sender != signer.node:
             raise WireError(f"wire: node {signer.node} cannot sign a frame from {msg.sender}")
         head = MAGIC_SIGNED + msg.sender.to_bytes(_SENDER_LEN, "big", signed=True)
-        data = head + bytes(_packed(msg))
+        body = _packed(msg)
+        data = b"".join((head, body))  # one copy of the envelope, as in the HMAC frame
+        body.release()
         return data + signer.sign(data)
     key = _checked_secret(secret)
     body = _packed(msg)

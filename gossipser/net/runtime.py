@@ -121,6 +121,12 @@ class Checkpoint:
             return False
         return True
 
+    def report(self, status: Status | None) -> None:
+        """Hand the notes gathered since the last report to the peer's log, once."""
+        for note in self.notes if status else ():
+            status({"note": note})
+        self.notes.clear()
+
     def _read(self, path: Path) -> tuple[Params, dict[str, np.ndarray], dict]:
         # an open file of our own: np.load leaks the one it opens when the zip is damaged
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
@@ -198,10 +204,7 @@ async def run_peer(
                           on_message=on_message, hub=hub, status=status) as node:
         if saved is not None:  # frames seen before the restart stay refused
             node.replay.restore(saved[2].get("replay", {}))
-        if status:
-            for note in ckpt.notes:
-                status({"note": note})
-        ckpt.notes.clear()
+        ckpt.report(status)
         silent = await node.handshake(allowed, round_=start, timeout=net.start_timeout)
         if silent and status:
             status({"note": f"no answer from {sorted(silent)}; going on without them"})
@@ -249,11 +252,9 @@ async def run_peer(
             ckpt.save(params=peer.params, extra=trainer.state(),
                       header={"round": r, **peer.state(), "rows": rows,
                                   "replay": node.replay.state()})
+            ckpt.report(status)
             if status:
-                for note in ckpt.notes:
-                    status({"note": note})
                 status(row)
-            ckpt.notes.clear()
             r += 1
         if cfg.algorithm == "fedavg":  # the last global model
             await node.wait_until(lambda: busy["global"] > cfg.rounds, net.wait_timeout)
