@@ -230,8 +230,8 @@ class ProcessPool:
         self._owner: dict[int, int] = {}
         self._spe: dict[int, int] = {}
         started = started if started is not None else WorkerProcesses(self.workers)
-        self._procs = started.take(self.workers)
-        self._conns = self._procs.conns
+        self._processes = started.take(self.workers)
+        self._conns = self._processes.conns
         try:
             for w, conn in enumerate(self._conns):
                 mine = [s for i, s in enumerate(shards) if i % self.workers == w]
@@ -275,7 +275,7 @@ class ProcessPool:
 
     def close(self, *, now: bool = False) -> None:
         """Stop the workers: politely, or at once (`now`, e.g. after Ctrl-C mid-round)."""
-        self._procs.close(now=now)
+        self._processes.close(now=now)
 
     def __enter__(self):
         return self
