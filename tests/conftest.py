@@ -55,3 +55,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sim_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic corpus for simulator runs: 6 speakers x 4 emotions x 3 utterances
+    (spk06 is the usual test speaker)."""
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
+
+    root = tmp_path_factory.mktemp("sim_corpus")
+    write_corpus(root, SynthConfig(speakers=6, per_emotion=3,
+                                   emotions=("neutral", "happy", "sad", "angry")))
+    return root
+
+
+@pytest.fixture(scope="session")
+def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sim_cache")

@@ -7,6 +7,7 @@ of a second; `local_epochs=0` switches training off to test the averaging alone.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -23,8 +24,8 @@ from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import combine, slem
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.gossip.wire import encode
-from gossipser.learn.models import ModelConfig
-from gossipser.learn.pool import ProcessPool, SerialPool, TrainJob
+from gossipser.learn.models import ModelConfig, get_state
+from gossipser.learn.pool import PARK_ABOVE, ProcessPool, SerialPool, Shard, TrainJob, _Trainers
 from gossipser.learn.train import TrainConfig
 from gossipser.sim.simulator import (
     CSV_COLUMNS,
@@ -34,7 +35,6 @@ from gossipser.sim.simulator import (
     flatten,
 )
 
-EMOTIONS = ("neutral", "happy", "sad", "angry")
 TEST_SPEAKERS = ("spk06",)  # 5 training speakers x 4 emotions x 3 takes = 60 utterances
 MODEL = ModelConfig(kind="dnn", width=8)
 TRAIN = TrainConfig(epochs=1)
@@ -42,21 +42,6 @@ TRAIN = TrainConfig(epochs=1)
 # One torch thread, as in the ProcessPool workers; two threads per tiny op on a busy machine
 # make these runs 10-40x slower.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="session")
-def sim_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gossipser.data.synth import SynthConfig
-    from gossipser.data.synth_corpus import write_corpus
-
-    root = tmp_path_factory.mktemp("sim_corpus")
-    write_corpus(root, SynthConfig(speakers=6, per_emotion=3, emotions=EMOTIONS))
-    return root
-
-
-@pytest.fixture(scope="session")
-def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sim_cache")
 
 
 @pytest.fixture(scope="session")
@@ -259,6 +244,49 @@ def test_process_pool_matches_serial_pool(ds):
 
     assert parallel.pool.workers == 2
     assert_same_run(parallel, serial)
+
+
+def test_parked_trainers_match_live_trainers(ds):
+    """Thousands of peers keep no torch module each: parked between jobs (Adam moments and
+    RNG states as arrays), a peer trains to the same weights as with its own live trainer,
+    over several rounds so that the restored optimiser state matters."""
+    gossip = dict(algorithm="gradient-tracking", peers=6, rounds=3, local_epochs=1)
+    live = simulate(ds, pool_cls=lambda spec, shards: SerialPool(spec, shards, park=False),
+                    **gossip)
+    parked = simulate(ds, pool_cls=lambda spec, shards: SerialPool(spec, shards, park=True),
+                      **gossip)
+    assert not live.pool._t.park and live.pool._t.trainers
+    assert parked.pool._t.park and not parked.pool._t.trainers  # no module per peer
+    assert set(parked.pool._t.parked) == set(range(6))
+    assert_same_run(parked, live)
+    # many peers in a process park by default
+    many = [Shard(peer=i, x=np.zeros((4, 3), np.float32), y=np.zeros(4, int), seed=i)
+            for i in range(PARK_ABOVE + 1)]
+    assert _Trainers(parked.pool._t.spec, many).park
+    assert not _Trainers(parked.pool._t.spec, many[:PARK_ABOVE]).park
+
+
+def test_parked_private_trainers_continue_their_accounting(ds):
+    """DP-SGD under parking: each job gets a module of its own; noise, sampling and the
+    accountant continue as with a live trainer."""
+    setup = make_setup(ds, peers=3)
+    spec = dataclasses.replace(setup.pool_spec(), model=dataclasses.replace(MODEL, norm="group"),
+                               train=dataclasses.replace(TRAIN, dp_noise=1.0))
+    shards = [setup.shard(i) for i in range(3)]
+    live, parked = _Trainers(spec, shards, park=False), _Trainers(spec, shards, park=True)
+    params = {i: get_state(live.trainers[i].model) for i in range(3)}
+    results = {}
+    for pool in (live, parked):
+        state = dict(params)
+        for _ in range(3):
+            for i in range(3):
+                res = pool.train(TrainJob(peer=i, params=state[i], steps=2))
+                state[i] = res.params
+        results[pool.park] = (state, res.epsilon)
+    (a, eps_a), (b, eps_b) = results[False], results[True]
+    assert eps_a == pytest.approx(eps_b) and eps_a > 0
+    for i in range(3):
+        np.testing.assert_allclose(flatten(a[i]), flatten(b[i]), rtol=1e-5, atol=1e-6)
 
 
 def assert_same_run(a: Simulator, b: Simulator) -> None:

@@ -298,7 +298,8 @@ def gossip_config(args: Any, doc: dict):
     keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
             "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
             "patience", "private_layers", "robust", "byzantine", "attack", "backend",
-            "ray_address")
+            "ray_address", "clock", "device_speed", "step_time", "latency", "bandwidth",
+            "churn_period", "wait")
     return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")
 
 
@@ -323,7 +324,7 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
     from gossipser.cli import started as clock
     from gossipser.gossip.plan import setup_run
     from gossipser.learn.pool_ray import open_pool
-    from gossipser.sim.simulator import CSV_COLUMNS, Simulator
+    from gossipser.sim.simulator import CSV_COLUMNS, make_simulator
     from gossipser.ui.display import LiveDisplay, MetricsWriter, PlainDisplay
 
     ds = load_data(args, doc, features, console)
@@ -348,8 +349,8 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
     try:
         with open_pool(setup.pool_spec(), shards, workers=gcfg.workers, started=started,
                        backend=gcfg.backend, address=gcfg.ray_address) as pool:
-            summary = Simulator(setup, pool, listeners=listeners, taps=taps,
-                                started=clock.STARTED).run()
+            summary = make_simulator(setup, pool, listeners=listeners, taps=taps,
+                                     started=clock.STARTED).run()
     finally:
         for listener in listeners:
             if hasattr(listener, "close"):

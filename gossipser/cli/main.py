@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--partition", help="speaker (default), iid, balanced, dirichlet:ALPHA")
     g.add_argument("--mixing", help="metropolis (default), maxdegree, weight")
     g.add_argument("--drop", type=float, help="message drop probability")
-    g.add_argument("--churn", type=float, help="per-round probability a peer is offline")
+    g.add_argument("--churn", type=float, help="per-round probability a peer is offline "
+                   "(virtual clock: the share of time)")
     g.add_argument("--stragglers", type=float, help="probability a peer does 10-50%% of its steps")
     g.add_argument("--fraction", type=float, help="FedAvg: share of clients per round")
     g.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
@@ -144,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "drawn from the seed (2) or peer ids (3,7 or ids:3)")
     g.add_argument("--attack", metavar="ATTACK", help="what the Byzantine peers do: signflip "
                    "(default), scale:X, gaussian:S, labelflip, stale")
+    v = p.add_argument_group("virtual clock (--clock virtual)")
+    v.add_argument("--clock", choices=("rounds", "virtual"), help="lock-step rounds (default) "
+                   "or events in virtual seconds: devices at their own speed, links with "
+                   "latency and bandwidth; gossip-learning, pairwise and push-sum run with no "
+                   "round barrier")
+    v.add_argument("--device-speed", metavar="SPEC", help="per-peer compute speed: equal "
+                   "(default) or lognormal:MU:SIGMA, optionally ,slow:FRACTION:FACTOR")
+    v.add_argument("--step-time", type=float, metavar="S", help="seconds per optimiser step "
+                   "at speed 1 (default 0.05)")
+    v.add_argument("--latency", type=float, metavar="S", help="seconds per message on a link "
+                   "(default 0.05; a JSON topology's edge attribute wins)")
+    v.add_argument("--bandwidth", type=float, metavar="B/S", help="bytes per second on a link "
+                   "(default 1.25e6, 10 Mbit/s; a JSON topology's edge attribute wins)")
+    v.add_argument("--churn-period", type=float, metavar="S", help="mean seconds of an "
+                   "offline spell (default 60)")
+    v.add_argument("--wait", type=float, metavar="S", help="dpsgd and gradient-tracking: "
+                   "seconds a peer waits for its neighbours (default: twice the slowest "
+                   "device's round plus a transfer)")
     p.add_argument("--test-speakers", metavar="LIST", help="held-out speakers (default: the "
                    "last sixth; IEMOCAP: the last session)")
     p.add_argument("--record-messages", type=int, default=0, metavar="ROUNDS",

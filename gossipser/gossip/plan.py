@@ -24,6 +24,7 @@ from gossipser.data.partition import parse_partition, partition
 from gossipser.errors import ConfigError
 from gossipser.gossip.algorithms import ALGORITHMS, algorithm_class
 from gossipser.gossip.byzantine import Attack, byzantine_ids, parse_attack
+from gossipser.gossip.devices import parse_device_speed
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
 from gossipser.gossip.private import private_names, public
@@ -81,6 +82,19 @@ class GossipConfig:
     # ("3,7"); each sends what `attack` forges
     byzantine: str = ""
     attack: str = "signflip"
+    # simulator time (gossipser.sim.virtual): "rounds" (lock-step) or "virtual" (events in
+    # virtual seconds: devices train at their own speed, messages take time on their link;
+    # gossip learning, pairwise and push-sum then run with no round barrier)
+    clock: str = "rounds"
+    # per-peer compute speed: equal, or lognormal:MU:SIGMA, optionally ,slow:FRACTION:FACTOR
+    device_speed: str = "equal"
+    step_time: float = 0.05  # virtual seconds of one optimiser step at speed 1
+    latency: float = 0.05  # seconds per message on a link (default for every edge)
+    bandwidth: float = 1.25e6  # bytes per second on a link (10 Mbit/s)
+    churn_period: float = 60.0  # virtual clock: mean seconds of an offline spell
+    # virtual clock, D-PSGD and gradient tracking: seconds a peer waits for its neighbours
+    # after its own training (None: twice the slowest device's round plus a model transfer)
+    wait: float | None = None
 
     def __post_init__(self) -> None:
         check_types(self, "gossip")
@@ -116,6 +130,16 @@ class GossipConfig:
         if not 0.0 < self.fraction <= 1.0 or self.workers < 1:
             raise ConfigError("gossip: fraction in (0, 1], workers >= 1")
         parse_partition(self.partition)
+        if self.clock not in ("rounds", "virtual"):
+            raise ConfigError(f"gossip clock must be rounds or virtual, got {self.clock!r}")
+        parse_device_speed(self.device_speed)
+        if not (self.step_time >= 0 and self.latency >= 0 and self.bandwidth > 0
+                and self.churn_period > 0 and (self.wait is None or self.wait >= 0)):
+            raise ConfigError("gossip: step_time, latency and wait >= 0; bandwidth and "
+                              "churn_period > 0")
+        if self.clock == "virtual" and self.algorithm == "fedavg":
+            raise ConfigError("--clock virtual runs the gossip algorithms; fedavg has no "
+                              "virtual-clock mode (use --clock rounds)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

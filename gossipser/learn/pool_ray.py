@@ -38,7 +38,7 @@ class _Worker:
         self.trainers = _Trainers(spec, shards)
 
     def steps_per_epoch(self) -> dict[int, int]:
-        return {p: t.steps_per_epoch() for p, t in self.trainers.trainers.items()}
+        return self.trainers.steps_per_epoch()
 
     def train(self, jobs: list[TrainJob]) -> list[TrainResult]:
         return [self.trainers.train(j) for j in jobs]

@@ -224,6 +224,30 @@ class LocalTrainer:
                 state.setdefault(int(i), {})[key] = torch.from_numpy(np.array(value))
         self.optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
 
+    def _generators(self) -> tuple[torch.Generator, ...]:
+        return self.generator, self.dropout_generator, self.augment_generator
+
+    def park(self) -> dict:
+        """What this trainer carries from one job to the next, by reference and without a
+        copy: Adam's moment tensors, the RNG states, the step count (and DP-SGD's accountant).
+        A trainer of the same shard made later continues exactly after `unpark`."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return {"adam": [self.optimizer.state.get(p) for p in params],
+                "rng": [g.get_state() for g in self._generators()],
+                "steps": self.steps_done,
+                "private": None if self.private is None else self.private.state()}
+
+    def unpark(self, parked: dict) -> None:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for p, st in zip(params, parked["adam"], strict=True):
+            if st is not None:
+                self.optimizer.state[p] = st
+        for g, st in zip(self._generators(), parked["rng"], strict=True):
+            g.set_state(st)
+        self.steps_done = parked["steps"]
+        if parked["private"] is not None:
+            self.private.load_state(parked["private"])
+
     def train_epochs(self, epochs: float) -> float:
         return self.train_steps(int(round(epochs * self.steps_per_epoch())))
 

@@ -30,7 +30,7 @@ CSV_COLUMNS = (
     "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model",
     "wa_avg_model", "consensus_distance", "loss_mean", "online", "messages_sent",
     "messages_dropped", "bytes_sent_total", "bytes_per_peer_mean", "bytes_sent_max_peer",
-    "bytes_sent_max_node", "epsilon_max", "wall_s",
+    "bytes_sent_max_node", "epsilon_max", "wall_s", "virtual_s",
 )
 
 
@@ -50,13 +50,15 @@ def consensus_distance_of(states: Sequence[Params], *, skip: frozenset[str] = fr
     """((1/n) sum_i ||theta_i - theta_bar||^2 over trained parameters, per-peer distances);
     `skip` names parameters left out (private layers, which never agree).
 
-    Accumulated one parameter at a time, without a copy of every model."""
+    Accumulated one parameter at a time, without a copy of every model; the mean and the
+    differences are float64, the stacked parameters keep their dtype (one copy, not two)."""
     per_peer = np.zeros(len(states))
     for k in states[0]:
         if is_statistic(k) or k in skip:
             continue
-        x = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
-        per_peer += ((x - x.mean(axis=0)) ** 2).sum(axis=1)
+        x = np.stack([np.ravel(s[k]) for s in states])
+        d = x - x.mean(axis=0, dtype=np.float64)
+        per_peer += np.einsum("ij,ij->i", d, d)
     return float(per_peer.mean()), per_peer
 
 
@@ -296,3 +298,12 @@ class Simulator:
 
     def final_states(self) -> list[Params]:
         return [p.params for p in self.peers]
+
+
+def make_simulator(setup: RunSetup, pool, **kwargs) -> Simulator:
+    """The simulator the config's clock asks for: lock-step rounds or the virtual clock."""
+    if setup.cfg.clock == "virtual":
+        from gossipser.sim.virtual import VirtualSimulator
+
+        return VirtualSimulator(setup, pool, **kwargs)
+    return Simulator(setup, pool, **kwargs)

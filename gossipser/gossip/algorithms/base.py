@@ -38,6 +38,9 @@ class Algorithm:
     uses_topology: ClassVar[bool] = True  # FedAvg clients talk to the server only
     uses_mixing: ClassVar[bool] = False  # needs the peer's row of the mixing matrix
     supports_robust: ClassVar[bool] = False  # merges through Peer.merge (a robust rule)
+    # a synchronous algorithm that can also run with no round barrier (virtual clock): its
+    # buffered messages then go to `receive` as they arrive
+    barrier_free: ClassVar[bool] = False
 
     def check(self, peer: Peer) -> None:
         """Raise ConfigError when `peer` lacks what this algorithm needs."""

@@ -1,5 +1,9 @@
 """Push-sum (Kempe et al. 2003): a peer splits its mass equally between itself and its
 neighbours each round; the model estimate is the mass-weighted sum of what arrived.
+
+With no round barrier (the virtual clock's asynchronous mode) the same masses work message by
+message: a peer keeps its share when it sends, and folds each arrival in as it comes
+(estimate and mass both), so mass is conserved and nobody waits.
 """
 
 from __future__ import annotations
@@ -13,14 +17,24 @@ class PushSum(Algorithm):
     name = "push-sum"
     synchronous = True
     buffered_kind = "push_sum"
+    barrier_free = True
 
     def __init__(self) -> None:
         self.weight = 1.0  # the peer's push-sum mass
 
     def outgoing(self, peer) -> Outbox:
         share = self.weight / (len(peer.neighbours) + 1)
+        if not peer.barrier:  # what it keeps; with a barrier end_round takes it
+            self.weight = share
         # the share travels in the message's age field
         return [(j, peer.message("push_sum", age=share)) for j in peer.neighbours]
+
+    def receive(self, peer, msg) -> Outbox:
+        """No barrier: fold one arrival in at once."""
+        if msg.kind == "push_sum" and msg.sender in peer.neighbours and msg.age > 0:
+            peer.params = combine([peer.params, msg.params], [self.weight, msg.age])
+            self.weight += float(msg.age)
+        return []
 
     def end_round(self, peer, inbox) -> None:
         keep = self.weight / (len(peer.neighbours) + 1)

@@ -1,0 +1,224 @@
+"""Many peers on one machine: does the simulator grow linearly with peers x steps?
+
+For each peer count the script runs D-PSGD on regular:4 (synthetic corpus, iid partition,
+`--per-peer` training utterances each, one local epoch a round, evaluation only in the last
+round, on 64 test utterances) with the process pool, and prints per steady round (round 1
+warms up, the last one's evaluation is left out):
+
+- s/round and peer-steps/s, and both against the smallest peer count (linear: ratio ~1);
+- where a round's wall time goes: optimiser steps in the busiest worker, the rest of the pool
+  (unparking and parking trainers, pickling parameters through pipes, waiting on the other
+  worker), and the engine (the simulator: messages, mixing, consensus distance, metrics);
+- resident memory (this process plus the workers, at the end of the run), per peer, and the
+  marginal memory of one more peer between successive counts.
+
+A process holding more than `PARK_ABOVE` peers keeps no torch module per peer: between jobs a
+peer is its shard and its optimiser state as arrays (`gossipser.learn.pool._Trainers`).
+
+Run: .venv/bin/python scripts/bench_scale.py --peers 100,1000,5000 --model dnn|cnn
+     [--rounds 3] [--per-peer 6] [--workers 2] [--cache-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gossipser.data.dataset import Dataset, load_dataset
+from gossipser.data.features import default_cache_dir
+from gossipser.data.synth import SynthConfig
+from gossipser.data.synth_corpus import write_corpus
+from gossipser.gossip.events import RoundFinished, RunStarted
+from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.learn.models import ModelConfig
+from gossipser.learn.pool import PARK_ABOVE, ProcessPool, TrainJob, TrainResult
+from gossipser.learn.train import TrainConfig
+from gossipser.sim.simulator import Simulator
+
+SPEAKERS = 8  # spk08 is the test speaker
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class TimedPool:
+    """Wraps a pool: per call, its wall time and the busiest worker's optimiser seconds."""
+
+    pool: ProcessPool
+    calls: list[dict] = field(default_factory=list)
+
+    @property
+    def workers(self) -> int:
+        return self.pool.workers
+
+    def steps_per_epoch(self) -> dict[int, int]:
+        return self.pool.steps_per_epoch()
+
+    def train(self, jobs: list[TrainJob]) -> list[TrainResult]:
+        t0 = time.perf_counter()
+        out = self.pool.train(jobs)
+        per_worker: dict[int, float] = {}
+        for r in out:
+            w = self.pool._owner[r.peer]
+            per_worker[w] = per_worker.get(w, 0.0) + r.seconds
+        self.calls.append({"kind": "train", "start": t0, "wall": time.perf_counter() - t0,
+                           "steps": sum(j.steps for j in jobs),
+                           "busiest": max(per_worker.values(), default=0.0)})
+        return out
+
+    def evaluate(self, states):
+        t0 = time.perf_counter()
+        out = self.pool.evaluate(states)
+        self.calls.append({"kind": "evaluate", "start": t0, "wall": time.perf_counter() - t0})
+        return out
+
+
+class RoundClock:
+    """Listener: wall time and total resident memory when the run starts and each round ends."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    def __call__(self, event) -> None:
+        if isinstance(event, RunStarted | RoundFinished):
+            pids = [os.getpid(), *(p.pid for p in mp.active_children())]
+            self.marks.append((time.perf_counter(), sum(rss_mb(p) for p in pids)))
+
+
+def corpus(n_utterances: int, cache: Path) -> Path:
+    """A synthetic corpus with at least `n_utterances` training utterances (1 s each: the CNN
+    reads a fixed number of frames, zero padded, so a short file costs the same per step)."""
+    per_emotion = math.ceil(n_utterances / ((SPEAKERS - 1) * 8))
+    root = cache / f"bench-synth-s{SPEAKERS}-p{per_emotion}-d1"
+    if not (root / ".complete").exists():
+        t0 = time.perf_counter()
+        n = write_corpus(root, SynthConfig(speakers=SPEAKERS, per_emotion=per_emotion,
+                                           duration_s=1.0))
+        (root / ".complete").write_text("ok\n")
+        print(f"  wrote {n} synthetic files in {time.perf_counter() - t0:.1f} s (once)")
+    return root
+
+
+def make_setup(ds: Dataset, peers: int, args) -> RunSetup:
+    cfg = GossipConfig(algorithm="dpsgd", topology="regular:4", peers=peers, partition="iid",
+                       rounds=args.rounds, local_epochs=1.0, eval_every=args.rounds,
+                       workers=args.workers, patience=0)
+    # a batch as large as a shard: one optimiser step per peer and epoch
+    train = TrainConfig(batch_size=max(2, args.per_peer))
+    setup = setup_run(ds, cfg=cfg, model=ModelConfig(kind=args.model), train=train,
+                      test_speakers=(f"spk{SPEAKERS:02d}",), seed=0)
+    parts = [p[: args.per_peer] for p in setup.parts]  # the same shard size at every count
+    # evaluation is not what this measures: 64 test utterances keep the last round short
+    return dataclasses.replace(setup, parts=parts, train_idx=np.concatenate(parts),
+                               test_idx=setup.test_idx[:: max(1, len(setup.test_idx) // 64)],
+                               n_train=sum(map(len, parts)),
+                               peer_sizes=tuple(map(len, parts)))
+
+
+def run(setup: RunSetup, workers: int) -> dict:
+    t0 = time.perf_counter()
+    shards = [setup.shard(i) for i in range(setup.n_peers)]
+    pool = ProcessPool(setup.pool_spec(), shards, workers=workers)
+    startup = time.perf_counter() - t0
+    timed, clock = TimedPool(pool), RoundClock()
+    try:
+        sim = Simulator(setup, timed, listeners=[clock])
+        sim.run()
+    finally:
+        pool.close()
+    rounds = []
+    for r in range(1, len(clock.marks)):
+        start, end = clock.marks[r - 1][0], clock.marks[r][0]
+        mine = [c for c in timed.calls if start <= c["start"] < end]
+        train = [c for c in mine if c["kind"] == "train"]
+        evaluate = sum(c["wall"] for c in mine if c["kind"] == "evaluate")
+        rounds.append({
+            "wall": end - start - evaluate, "pool": sum(c["wall"] for c in train),
+            "busiest": sum(c["busiest"] for c in train),
+            "steps": sum(c["steps"] for c in train),
+        })
+    return {"startup": startup, "rounds": rounds[1:], "rss": max(m[1] for m in clock.marks),
+            "ua": sim.rows[-1]["ua_mean"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", default="100,1000", help="comma-separated peer counts")
+    p.add_argument("--model", choices=("dnn", "cnn"), default="cnn")
+    p.add_argument("--rounds", type=int, default=3, help=">= 2: round 1 warms up")
+    p.add_argument("--per-peer", type=int, default=6, help="training utterances per peer")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, help="corpus and feature cache")
+    args = p.parse_args()
+    counts = sorted(int(x) for x in args.peers.split(","))
+    if args.rounds < 2 or args.per_peer < 2 or min(counts) < 5:
+        p.error("need --rounds >= 2, --per-peer >= 2 and at least 5 peers (regular:4)")
+    torch.set_num_threads(1)
+    cache = args.cache_dir or default_cache_dir()
+    print(f"bench_scale: {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
+          f"{args.model}, {args.workers} workers, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
+    t0 = time.perf_counter()
+    ds = load_dataset(corpus(max(counts) * args.per_peer, cache), cache_dir=cache)
+    print(f"  corpus: {len(ds)} utterances ({'features from cache' if ds.from_cache else 'MFCC'}"
+          f" in {time.perf_counter() - t0:.1f} s)")
+
+    results = []
+    for n in counts:
+        setup = make_setup(ds, n, args)
+        t0 = time.perf_counter()
+        res = run(setup, args.workers)
+        res["total"] = time.perf_counter() - t0
+        steady = res["rounds"]
+        wall = sum(r["wall"] for r in steady)
+        steps = sum(r["steps"] for r in steady)
+        busiest = sum(r["busiest"] for r in steady)
+        pool = sum(r["pool"] for r in steady)
+        res.update(n=n, s_round=wall / len(steady), rate=steps / wall,
+                   ms_step=1e3 * wall / steps, steps_round=steps / len(steady),
+                   compute=busiest / wall, pool_rest=(pool - busiest) / wall,
+                   engine=(wall - pool) / wall,
+                   params=sum(a.size for a in setup.init.values()),
+                   parked=n / args.workers > PARK_ABOVE)
+        results.append(res)
+        print(f"\n{n} peers ({res['params']:,} parameters each, "
+              f"{'parked' if res['parked'] else 'live'} trainers, {res['steps_round']:.0f} "
+              f"peer-steps a round): run {res['total']:.1f} s, pool start-up "
+              f"{res['startup']:.1f} s, final UA {res['ua']:.3f}")
+        print(f"  {res['s_round']:8.2f} s/round   {res['rate']:8.1f} peer-steps/s   "
+              f"{res['ms_step']:.2f} ms of wall time per peer-step")
+        print(f"  round time: {100 * res['compute']:5.1f} % optimiser steps (busiest worker), "
+              f"{100 * res['pool_rest']:4.1f} % rest of the pool, {100 * res['engine']:4.1f} % "
+              f"engine; overhead {100 * (1 - res['compute']):.1f} %")
+        print(f"  resident memory {res['rss']:,.0f} MB (this process + workers), "
+              f"{res['rss'] / n:.2f} MB per peer")
+
+    base = results[0]
+    print("\ngrowth against the smallest count (linear in peers x steps: ratios ~1):")
+    for prev, res in zip(results, results[1:], strict=False):
+        marginal = (res["rss"] - prev["rss"]) / (res["n"] - prev["n"])
+        print(f"  {res['n']:>6} peers: s/round x{res['s_round'] / base['s_round']:.1f} for "
+              f"x{res['steps_round'] / base['steps_round']:.1f} peer-steps; wall time per "
+              f"peer-step x{res['ms_step'] / base['ms_step']:.2f}; memory per extra peer "
+              f"{marginal:.2f} MB")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
