@@ -43,7 +43,7 @@ from gossipser.learn.modelio import n_inputs
 from gossipser.learn.models import ModelConfig, build_model, count_parameters
 from gossipser.learn.pool import make_pool
 from gossipser.learn.train import TrainConfig
-from gossipser.sim.simulator import Simulator
+from gossipser.sim.simulator import make_simulator
 from gossipser.ui.compare import (
     CATALOG,
     COLUMNS,
@@ -58,7 +58,7 @@ from gossipser.ui.compare import (
     write_csv,
     write_markdown,
 )
-from gossipser.ui.compare_plots import FIGURES, STYLE
+from gossipser.ui.compare_plots import FIGURES, STYLE, plot_ua_vs_time
 from gossipser.ui.report import error_line, make_console
 
 
@@ -85,7 +85,7 @@ def run_simulation(ds: Dataset, method: Method, *, base: GossipConfig, model: Mo
 
     shards = [setup.shard(i) for i in range(setup.n_peers)]
     with make_pool(setup.pool_spec(), shards, workers=cfg.workers) as pool:
-        summary = Simulator(setup, pool, listeners=[collect]).run()
+        summary = make_simulator(setup, pool, listeners=[collect]).run()
     f, last = summary["final"], rows[-1]
     global_model = method.algorithm == "fedavg"
     final = {
@@ -142,6 +142,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="peers (default: one per training speaker)")
     p.add_argument("--workers", type=int, metavar="N", help="training processes (default 2)")
     p.add_argument("--methods", metavar="LIST", help=f"subset of: {', '.join(CATALOG)}")
+    p.add_argument("--clock", choices=("rounds", "virtual"), help="virtual: events in virtual "
+                   "seconds (devices at their own speed, links with latency and bandwidth) and "
+                   "a figure of UA against virtual time, ua_vs_time.png")
+    p.add_argument("--device-speed", metavar="SPEC", help="equal (default) or "
+                   "lognormal:MU:SIGMA, optionally ,slow:FRACTION:FACTOR")
+    p.add_argument("--step-time", type=float, metavar="S")
+    p.add_argument("--latency", type=float, metavar="S")
+    p.add_argument("--bandwidth", type=float, metavar="B/S")
     p.add_argument("--merge", metavar="DIR", nargs="+",
                    help="run nothing: merge the outputs of earlier runs (e.g. one per seed, "
                         "same settings) into --out, with tables and figures over all seeds")
@@ -176,7 +184,7 @@ def run_methods(ds: Dataset, methods: Sequence[Method], seeds: Sequence[int], *,
                 else:
                     run = run_simulation(ds, m, base=base, model=model, train=train, test=test,
                                          seed=seed)
-            except TopologyError as exc:
+            except (TopologyError, ConfigError) as exc:  # a torus of 7, fedavg on the clock
                 skipped[m.name] = str(exc)
                 console.print(f"[{done}/{total}] {m.name}: skipped ({exc})")
                 done += len(seeds) - 1 - seeds.index(seed)
@@ -206,6 +214,8 @@ def write_outputs(out: Path, *, methods, runs, skipped, context, base, console) 
     with matplotlib.rc_context(STYLE):
         for name, plot in FIGURES.items():
             plot(out / name, methods, runs, context)
+        if context.get("clock") == "virtual":
+            plot_ua_vs_time(out / "ua_vs_time.png", methods, runs, context)
     print_table(console, summary)
     console.print(findings(summary, base), soft_wrap=True)
 
@@ -287,7 +297,10 @@ def run_all(args: argparse.Namespace, console) -> int:
         "seeds": ",".join(map(str, args.seed_list)), "n_seeds": len(args.seed_list),
         "train_files": len(split.train_idx), "raw_mb": raw_bytes / 1e6,
         "methods": [m.name for m in methods], "local_steps": split.auto_local_steps,
-        "local_epochs": base.local_epochs,
+        "local_epochs": base.local_epochs, "clock": base.clock,
+        **({"device_speed": base.device_speed, "step_time": base.step_time,
+            "latency": base.latency, "bandwidth": base.bandwidth}
+           if base.clock == "virtual" else {}),
         "describe": (
             f"{ds.corpus.name} at {ds.corpus.root}: {len(split.train_idx)} training utterances "
             f"on {split.n_peers} peers (partition {base.partition}), {len(split.test_idx)} test "

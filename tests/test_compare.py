@@ -164,3 +164,28 @@ def test_merge_refuses_a_folder_without_results(compare: ModuleType, tmp_path: P
     # Assert
     assert code == 2
     assert "cannot merge" in capsys.readouterr().err
+
+
+def test_virtual_clock_plots_ua_against_virtual_time(compare: ModuleType, tmp_path: Path,
+                                                     ) -> None:
+    """--clock virtual: rows carry virtual seconds, a synchronous method waits for the slow
+    device and the asynchronous ones do not, fedavg is skipped with its reason, and
+    ua_vs_time.png is drawn."""
+    from gossipser.data.synth import SynthConfig
+    from gossipser.data.synth_corpus import write_corpus
+
+    write_corpus(tmp_path / "corpus", SynthConfig(speakers=6, per_emotion=2, emotions=EMOTIONS))
+    config = tmp_path / "tiny.toml"
+    config.write_text("[model]\nkind = 'dnn'\nwidth = 8\n")
+    out = tmp_path / "out"
+    assert compare.main([
+        "--data", str(tmp_path / "corpus"), "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(out), "--config", str(config), "--rounds", "2", "--local-epochs", "1",
+        "--seeds", "0", "--workers", "1", "--methods", "dpsgd-ring,gossip-learning,push-sum,fedavg",
+        "--clock", "virtual", "--device-speed", "equal,slow:0.2:10"]) == 0
+    rows = read_results(out)
+    last = {r["method"]: float(r["virtual_s"]) for r in rows}
+    assert set(last) == {"dpsgd-ring", "gossip-learning", "push-sum"}  # fedavg: skipped
+    assert last["gossip-learning"] < last["dpsgd-ring"] and last["push-sum"] < last["dpsgd-ring"]
+    assert "fedavg" in (out / "summary.md").read_text()
+    assert (out / "ua_vs_time.png").read_bytes().startswith(PNG_MAGIC)

@@ -692,3 +692,22 @@ async def test_a_peer_records_what_its_neighbours_sent_it(ds: Dataset, tmp_path:
     assert log.names == set(setup.shared_model_names())
     with pytest.raises(ConfigError, match="record_messages"):
         NetworkConfig(record_messages=-1)
+
+
+# no round barrier ---------------------------------------------------------------------------
+@pytest.mark.parametrize("barrier", [True, False])
+async def test_push_sum_without_a_barrier_never_waits(ds: Dataset, tmp_path: Path, barrier):
+    """[network] barrier = false: push-sum takes each message in as it arrives; a peer whose
+    neighbour never shows up does not wait for it round after round."""
+    setup = make_setup(ds, "push-sum", rounds=2)
+    net = dataclasses.replace(tcp_net(wait_timeout=1.5, start_timeout=2.0), barrier=barrier)
+    runs = [runtime.run_peer(setup, i, net, tmp_path / f"peer-{i}", secret=SECRET)
+            for i in range(3)]  # peer 3, neighbour of 0 and 2 on the ring, never starts
+    async with asyncio.timeout(60):
+        summaries = await asyncio.gather(*runs)
+    missing = {s["peer"]: [row["missing"] for row in s["rows"]] for s in summaries}
+    if barrier:
+        assert missing[0] == [1, 1] and missing[2] == [1, 1]  # waited for peer 3, in vain
+    else:
+        assert all(m == [0, 0] for m in missing.values())
+    assert all(s["final"]["ua"] > 0 for s in summaries)

@@ -67,7 +67,7 @@ class Peer:
 
     def missing(self) -> set[int]:
         """Neighbours whose message for the current round has not arrived (synchronous mode)."""
-        if not self.strategy.synchronous:
+        if not self.strategy.synchronous or not self.barrier:
             return set()
         return set(self.neighbours) - set(self.inbox.get(self.round, {}))
 
@@ -123,7 +123,11 @@ class Peer:
         return self._public(self._forged(replies))
 
     def end_round(self) -> None:
-        """Synchronous algorithms mix what arrived; a missing neighbour's weight stays home."""
+        """Synchronous algorithms mix what arrived; a missing neighbour's weight stays home.
+        Without a barrier every message was taken in as it arrived: nothing is left to mix."""
+        if not self.barrier:
+            self.inbox.pop(self.round, None)
+            return
         kept = self._kept()
         inbox = {j: self._completed(m) for j, m in self.inbox.pop(self.round, {}).items()}
         self.strategy.end_round(self, inbox)

@@ -108,6 +108,10 @@ class NetworkConfig:
     # a peer keeps the models its neighbours sent it in rounds 1..N (OUT/messages.npz):
     # what an honest-but-curious neighbour holds (gossipser.privacy.record); 0: nothing
     record_messages: int = 0
+    # false: an algorithm that can run without its round barrier does (push-sum): a peer
+    # takes each message in as it arrives and never waits for its neighbours. gossip-learning
+    # and pairwise never wait anyway; dpsgd and gradient-tracking always do
+    barrier: bool = True
 
     def __post_init__(self) -> None:
         check_types(self, "network")

@@ -172,6 +172,7 @@ async def run_peer(
     out.mkdir(parents=True, exist_ok=True)
     cfg = setup.cfg
     peer = setup.make_peer(pid, attack=attack)
+    peer.barrier = net.barrier or not peer.strategy.barrier_free
     pool = SerialPool(setup.pool_spec(), [setup.shard(pid, attack=attack)])
     trainer = pool.trainer(pid)
     ckpt = Checkpoint(out / "checkpoint.npz", setup.run_id)

@@ -20,7 +20,7 @@ from gossipser.gossip.plan import GossipConfig
 
 COLUMNS = ("method", "seed", "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean",
            "ua_avg_model", "wa_avg_model", "consensus_distance", "bytes_per_peer",
-           "bytes_max_node", "bytes_total", "wall_s")
+           "bytes_max_node", "bytes_total", "wall_s", "virtual_s")
 FAULTS = {"drop": 0.2, "churn": 0.1}
 QUICK = {"rounds": 12, "eval_every": 2}
 TARGET = 0.95  # "converged": the deployed UA reaches this share of the centralized UA
@@ -35,7 +35,7 @@ class Method:
 
     @property
     def is_gossip(self) -> bool:
-        return self.algorithm in ("dpsgd", "gossip-learning", "gradient-tracking")
+        return self.algorithm in ("dpsgd", "gossip-learning", "gradient-tracking", "push-sum")
 
     @property
     def deployed(self) -> str:
@@ -58,8 +58,11 @@ BASE = (
     Method("gossip-learning", "gossip-learning", "regular:4"),
     Method("tracking-regular4", "gradient-tracking", "regular:4"),
 )
-CATALOG = {m.name: m for m in BASE + tuple(
-    dataclasses.replace(m, name=f"{m.name}+faults", faults=True) for m in BASE if m.is_gossip)}
+# on request (--methods): push-sum, asynchronous under the virtual clock
+EXTRA = (Method("push-sum", "push-sum", "regular:4"),)
+CATALOG = {m.name: m for m in BASE + EXTRA + tuple(
+    dataclasses.replace(m, name=f"{m.name}+faults", faults=True) for m in BASE + EXTRA
+    if m.is_gossip)}
 
 
 @dataclass

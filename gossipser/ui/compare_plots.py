@@ -17,13 +17,13 @@ from gossipser.ui.compare import CATALOG, FAULTS, TARGET, Method, Run
 
 MARKERS = {"local": "x", "fedavg": "s", "dpsgd-ring": "o", "dpsgd-torus": "v",
            "dpsgd-regular4": "^", "dpsgd-complete": "D", "gossip-learning": "P",
-           "tracking-regular4": "*"}
+           "tracking-regular4": "*", "push-sum": "h"}
 GUIDES = ("chance", "raw audio")  # legend entries that are guides, not results
 # Okabe-Ito (colour-blind safe); a method with faults gets its base colour lightened
 COLOURS = {"centralized": "#000000", "local": "#8c8c8c", "fedavg": "#D55E00",
            "dpsgd-ring": "#0072B2", "dpsgd-torus": "#56B4E9", "dpsgd-regular4": "#009E73",
            "dpsgd-complete": "#CC79A7", "gossip-learning": "#E69F00",
-           "tracking-regular4": "#882255"}
+           "tracking-regular4": "#882255", "push-sum": "#44AA99"}
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.3, "grid.linewidth": 0.6, "savefig.dpi": 200, "figure.dpi": 100}
@@ -60,7 +60,7 @@ def panels(methods: Sequence[Method], runs: dict) -> list[tuple[str, list[Method
 def _line(ax, rs: list[Run], m: Method, key: str, *, scale: float = 100.0,
           x_key: str = "round", floor: float | None = None) -> None:
     x, y, lo, hi = curve(rs, key, x_key)
-    if x_key != "round":
+    if x_key.startswith("bytes"):
         x = x / 1e6
     if floor is not None:
         y, lo, hi = (np.maximum(v, floor) for v in (y, lo, hi))
@@ -152,6 +152,29 @@ def plot_ua_vs_bytes(path: Path, methods, runs, context) -> None:
             "bytes of encoded model frames sent by a peer, cumulative; for FedAvg the clients' "
             "uploads (the server's sends are in summary.md)",
             "MB sent per peer (mean over peers, log scale)", "UA of the deployed model (%)")
+
+
+def plot_ua_vs_time(path: Path, methods, runs, context) -> None:
+    """Virtual clock: UA against virtual seconds, synchronous and asynchronous algorithms on
+    the same devices and links."""
+    groups = panels(methods, runs)
+    fig, axes = _figure(len(groups))
+    for ax, (name, ms) in zip(axes, groups, strict=True):
+        for m in ms:
+            if m.algorithm == "centralized":
+                _reference(ax, runs[m.name], m, label="centralized")
+            elif m.algorithm == "local":
+                _reference(ax, runs[m.name], m, label="local (nothing sent)")
+            else:
+                _line(ax, runs[m.name], m, m.deployed, x_key="virtual_s")
+        ax.axhline(100 / context["n_classes"], color="0.6", lw=0.8, ls=":", label="chance")
+        ax.set_title(name, fontsize=9)
+    _finish(fig, axes, path, "UA against virtual time",
+            f"device speeds {context.get('device_speed', 'equal')}, a step "
+            f"{context.get('step_time', '')} s at speed 1, links {context.get('latency', '')} s "
+            f"+ bytes / {context.get('bandwidth', 0) / 1e6:g} MB/s; the same total local "
+            "rounds for every method; D-PSGD and gradient tracking wait for their neighbours",
+            "virtual seconds", "UA of the deployed model (%)")
 
 
 def plot_consensus(path: Path, methods, runs, context) -> None:
