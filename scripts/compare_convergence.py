@@ -43,7 +43,7 @@ from gossipser.learn.modelio import n_inputs
 from gossipser.learn.models import ModelConfig, build_model, count_parameters
 from gossipser.learn.pool import make_pool
 from gossipser.learn.train import TrainConfig
-from gossipser.sim.simulator import make_simulator
+from gossipser.sim.virtual import make_simulator
 from gossipser.ui.compare import (
     CATALOG,
     COLUMNS,

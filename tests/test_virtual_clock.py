@@ -18,8 +18,8 @@ from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.learn.models import ModelConfig
 from gossipser.learn.pool import SerialPool
 from gossipser.learn.train import TrainConfig
-from gossipser.sim.simulator import Simulator, flatten, make_simulator
-from gossipser.sim.virtual import VirtualSimulator
+from gossipser.sim.simulator import Simulator, flatten
+from gossipser.sim.virtual import VirtualSimulator, make_simulator
 
 MODEL = ModelConfig(kind="dnn", width=8)
 TRAIN = TrainConfig(epochs=1)

@@ -324,7 +324,7 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
     from gossipser.cli import started as clock
     from gossipser.gossip.plan import setup_run
     from gossipser.learn.pool_ray import open_pool
-    from gossipser.sim.simulator import CSV_COLUMNS, make_simulator
+    from gossipser.sim.virtual import CSV_COLUMNS, make_simulator
     from gossipser.ui.display import LiveDisplay, MetricsWriter, PlainDisplay
 
     ds = load_data(args, doc, features, console)

@@ -299,11 +299,3 @@ class Simulator:
     def final_states(self) -> list[Params]:
         return [p.params for p in self.peers]
 
-
-def make_simulator(setup: RunSetup, pool, **kwargs) -> Simulator:
-    """The simulator the config's clock asks for: lock-step rounds or the virtual clock."""
-    if setup.cfg.clock == "virtual":
-        from gossipser.sim.virtual import VirtualSimulator
-
-        return VirtualSimulator(setup, pool, **kwargs)
-    return Simulator(setup, pool, **kwargs)

@@ -40,7 +40,9 @@ from gossipser.gossip.events import RoundFinished, RunFinished, RunStarted
 from gossipser.gossip.message import Message
 from gossipser.gossip.plan import RunSetup
 from gossipser.learn.pool import TrainJob, TrainResult
-from gossipser.sim.simulator import Simulator, consensus_distance_of
+from gossipser.sim.simulator import CSV_COLUMNS, Simulator, consensus_distance_of
+
+__all__ = ["CSV_COLUMNS", "VirtualSimulator", "make_simulator"]
 
 
 class VirtualSimulator(Simulator):
@@ -258,3 +260,8 @@ class VirtualSimulator(Simulator):
             self.stopped = {"round": r, "reason": plateau}
         return plateau is not None
 
+
+def make_simulator(setup: RunSetup, pool, **kwargs) -> Simulator:
+    """The simulator the config's clock asks for: lock-step rounds or the virtual clock."""
+    cls = VirtualSimulator if setup.cfg.clock == "virtual" else Simulator
+    return cls(setup, pool, **kwargs)
