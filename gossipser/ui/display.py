@@ -77,7 +77,7 @@ class PlainDisplay:
                 f"simulate: {i['algorithm']} on {i['topology']}, {i['peers']} peers, "
                 f"{i['rounds']} rounds, {i['model']} on {i['corpus']} "
                 f"({len(i['classes'])} classes), {i['workers']} worker process(es)"
-                + defence_text(i)
+                + defence_text(i) + ("; virtual clock" if i.get("clock") == "virtual" else "")
                 + (f"; set up in {i['setup_s']:.1f} s" if i.get("setup_s") is not None else ""))
         elif isinstance(event, RoundFinished) and event.row["ua_mean"] != "":
             r = event.row
@@ -87,7 +87,12 @@ class PlainDisplay:
                 f"loss {r['loss_mean']:.3f}  consensus {r['consensus_distance']:.3g}  "
                 f"online {r['online']}  MB/peer {r['bytes_per_peer_mean'] / 1e6:.2f}  "
                 + (f"epsilon {r['epsilon_max']:.2f}  " if r.get("epsilon_max", "") != "" else "")
-                + f"{r['wall_s']:.1f} s")
+                + virtual_text(r) + f"{r['wall_s']:.1f} s")
+
+
+def virtual_text(row: dict) -> str:
+    """'virtual 46.2 s  ' on the virtual clock (the simulated time the row was reached)."""
+    return f"virtual {row['virtual_s']:.1f} s  " if row.get("virtual_s", "") != "" else ""
 
 
 class LiveDisplay:
@@ -133,6 +138,7 @@ class LiveDisplay:
             ("gossipser ", "bold"), f"{i.get('algorithm')} on {i.get('topology')} · ",
             f"{i.get('peers')} peers · {i.get('model')} · {i.get('corpus')} · ",
             f"{len(i.get('classes', []))} classes · {i.get('workers')} workers",
+            " · virtual clock" if i.get("clock") == "virtual" else "",
             (f" · set up in {i['setup_s']:.1f} s" if i.get("setup_s") is not None else ""),
             (defence_text(i), "red"),
         )
@@ -141,7 +147,7 @@ class LiveDisplay:
         total = ev.rounds if ev else i.get("rounds", 1)
         bar = Table.grid(padding=(0, 1))
         bar.add_row(f"round {done}/{total}", ProgressBar(total=total, completed=done, width=40),
-                    f"{ev.row['wall_s']:.1f} s" if ev else "")
+                    (virtual_text(ev.row) + f"{ev.row['wall_s']:.1f} s") if ev else "")
         trend = Table.grid(padding=(0, 1))
         if self.ua:
             trend.add_row("mean UA", Text(sparkline(self.ua), style="green"),
