@@ -19,6 +19,7 @@ import torch
 
 from gossipser.cli.main import main
 from gossipser.data.dataset import Dataset, load_dataset
+from gossipser.errors import GossipserError
 from gossipser.gossip.algorithms import ALGORITHMS
 from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import combine, slem
@@ -244,6 +245,30 @@ def test_process_pool_matches_serial_pool(ds):
 
     assert parallel.pool.workers == 2
     assert_same_run(parallel, serial)
+
+
+def test_a_failed_job_is_one_error_and_the_pool_goes_on(ds, monkeypatch):
+    """Jobs travel in chunks to both workers at once; a job that fails in a worker is one
+    GossipserError once every answer is in, and the next call gets its own results only."""
+    import gossipser.learn.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "CHUNK", 2)  # three chunks per worker
+    setup = make_setup(ds, peers=12, rounds=1)
+    shards = [setup.shard(i) for i in range(12)]
+    good = [TrainJob(peer=i, params=setup.init, steps=1) for i in range(12)]
+    bad = list(good)
+    bad[5] = TrainJob(peer=5, params={"no such layer": np.zeros(3, np.float32)}, steps=1)
+    with ProcessPool(setup.pool_spec(), shards, workers=2) as pool, \
+            SerialPool(setup.pool_spec(), shards) as serial:
+        with pytest.raises(GossipserError, match="training worker: ConfigError"):
+            pool.train(bad)
+        # worker 1 holds peers 1, 3, 5, ...: its chunk (5, 7) stopped at 5, the rest ran; the
+        # serial pool's trainers take the same jobs first
+        serial.train([j for j in bad if j.peer not in (5, 7)])
+        got, want = pool.train(good), serial.train(good)
+    assert [r.peer for r in got] == list(range(12))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(flatten(a.params), flatten(b.params), rtol=1e-5, atol=1e-6)
 
 
 def test_parked_trainers_match_live_trainers(ds):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
 import torch
@@ -69,6 +71,7 @@ class TrainResult:
 
 
 PARK_ABOVE = 32  # a process holding more peers than this keeps their trainers parked
+CHUNK = 16  # training jobs per message to a worker process
 
 
 class _Trainers:
@@ -299,10 +302,45 @@ class ProcessPool:
         return dict(self._spe)
 
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
-        by_worker = jobs_by_worker(jobs, self._owner)
-        for w, js in by_worker.items():
-            self._conns[w].send(("train", js))
-        results = {r.peer: r for w in by_worker for r in self._recv(self._conns[w])}
+        """The jobs in chunks of `CHUNK`, fed to every worker at once by one thread each and
+        answered chunk by chunk: all workers start at once, and results are unpickled here
+        while the workers go on (one message per worker and call made the second worker
+        wait for the first one's parameters to cross the pipe)."""
+        chunks = {w: [js[i:i + CHUNK] for i in range(0, len(js), CHUNK)]
+                  for w, js in jobs_by_worker(jobs, self._owner).items()}
+
+        def feed(w: int) -> None:
+            try:
+                for chunk in chunks[w]:
+                    self._conns[w].send(("train", chunk))
+            except (OSError, BrokenPipeError):
+                pass  # the worker died: its missing answers say so below
+
+        feeders = [threading.Thread(target=feed, args=(w,), daemon=True) for w in chunks]
+        for t in feeders:
+            t.start()
+        left = {self._conns[w]: len(cs) for w, cs in chunks.items()}
+        results: dict[int, TrainResult] = {}
+        error = None
+        while left:  # every answer is read, even after an error, so none is left in a pipe
+            for conn in mp_wait(list(left)):
+                try:
+                    status, payload = conn.recv()
+                except EOFError:
+                    error = error or "a training worker process died"
+                    del left[conn]
+                    continue
+                if status == "error":
+                    error = error or f"training worker: {payload}"
+                else:
+                    results.update((r.peer, r) for r in payload)
+                left[conn] -= 1
+                if left[conn] == 0:
+                    del left[conn]
+        for t in feeders:
+            t.join()
+        if error is not None:
+            raise GossipserError(error)
         return [results[j.peer] for j in jobs]
 
     def evaluate(self, states: Sequence[Params]) -> list[Scores]:
