@@ -12,8 +12,8 @@ on the held-out speakers. Each side runs as a whole process, started from this s
   same trainer, in `flwr.simulation.run_simulation` (Ray backend, one CPU per client actor).
 
 It prints, per round count, both whole-process times, the steady round time (median of
-rounds 2..R) and both final UAs (they should agree: Flower's actors may take a client's
-rounds on different processes, so its Adam state differs and the UAs match only closely),
+rounds 2..R) and both final UAs, which must agree (each Flower client keeps its optimiser
+state in its node's context between rounds, as gossipser's trainers keep theirs),
 and as its last line `ratio X`: Flower's whole-process time over gossipser's, summed over the
 round counts of this run.
 
@@ -48,7 +48,7 @@ def _process_cache() -> dict:
 
 
 def flower_run(rounds: int, data: Path, result: Path) -> None:
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -74,17 +74,23 @@ def flower_run(rounds: int, data: Path, result: Path) -> None:
                 cache["bundle"] = pickle.load(fh)
         spec = cache["bundle"]["spec"]
         pid = int(context.node_config["partition-id"])
-        if pid not in cache:
-            s = cache["bundle"]["shards"][pid]
-            cache[pid] = LocalTrainer(
-                model=build_model(spec.model, n_features=spec.n_inputs,
-                                  n_classes=spec.n_classes, seed=s.seed),
-                x=s.x, y=s.y, n_classes=spec.n_classes, cfg=spec.train, seed=s.seed,
-                planned_steps=s.planned_steps)
-        trainer = cache[pid]
+        s = cache["bundle"]["shards"][pid]
+        if "model" not in cache:
+            cache["model"] = build_model(spec.model, n_features=spec.n_inputs,
+                                         n_classes=spec.n_classes)
+        # a client's optimiser state lives in its node's context, as Flower keeps client
+        # state across rounds whichever actor runs the client this time
+        trainer = LocalTrainer(model=cache["model"], x=s.x, y=s.y, n_classes=spec.n_classes,
+                               cfg=spec.train, seed=s.seed, planned_steps=s.planned_steps)
+        if "trainer" in context.state:
+            trainer.load_state({k: a.numpy() for k, a in context.state["trainer"].items()})
         arrays = msg.content["arrays"].to_numpy_ndarrays()
         set_state(trainer.model, dict(zip(cache["bundle"]["names"], arrays, strict=True)))
         loss = trainer.train_steps(int(msg.content["config"]["steps"][pid]))
+        saved = ArrayRecord()
+        for k, v in trainer.state().items():
+            saved[k] = Array.from_numpy_ndarray(np.asarray(v))
+        context.state["trainer"] = saved
         state = get_state(trainer.model)
         reply = RecordDict({
             "arrays": ArrayRecord.from_numpy_ndarrays([state[k] for k in cache["bundle"]["names"]]),
