@@ -8,8 +8,6 @@ import numpy as np
 
 from gossipser.errors import ConfigError
 
-SPEED_KINDS = ("equal", "lognormal")
-
 
 def parse_device_speed(spec: str) -> tuple[tuple[float, float] | None, tuple[float, float]]:
     """`equal` or `lognormal:MU:SIGMA`, optionally followed by `,slow:FRACTION:FACTOR` (that

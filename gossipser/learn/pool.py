@@ -92,8 +92,7 @@ class _Trainers:
         self.parked: dict[int, dict] = {}  # LocalTrainer.park(): tensors, no module
         self._module: torch.nn.Module | None = None  # parked peers train in this one
         self.trainers = {} if self.park else {s.peer: self._trainer(s) for s in shards}
-        self.eval_model = build_model(spec.model, n_features=spec.n_inputs,
-                                      n_classes=spec.n_classes)
+        self.eval_model = self._build()
 
     def _build(self, seed: int = 0) -> torch.nn.Module:
         return build_model(self.spec.model, n_features=self.spec.n_inputs,
@@ -249,6 +248,18 @@ class WorkerProcesses:
         self.conns, self.procs = [], []
 
 
+def _answer(conn) -> tuple[str, object]:
+    """A worker's next answer as (status, payload); an error, or a worker that died, as
+    ("error" or "died", the one line to show)."""
+    try:
+        status, payload = conn.recv()
+    except EOFError:
+        return "died", "a training worker process died"
+    if status == "error":
+        return status, f"training worker: {payload}"
+    return status, payload
+
+
 def jobs_by_worker(jobs: Sequence[TrainJob], owner: dict[int, int]) -> dict[int, list[TrainJob]]:
     """The jobs each worker runs (a peer's trainer lives on worker `owner[peer]`)."""
     by_worker: dict[int, list[TrainJob]] = {}
@@ -290,12 +301,9 @@ class ProcessPool:
             raise
 
     def _recv(self, conn):
-        try:
-            status, payload = conn.recv()
-        except EOFError:
-            raise GossipserError("a training worker process died") from None
-        if status == "error":
-            raise GossipserError(f"training worker: {payload}")
+        status, payload = _answer(conn)
+        if status in ("error", "died"):
+            raise GossipserError(payload)
         return payload
 
     def steps_per_epoch(self) -> dict[int, int]:
@@ -324,18 +332,13 @@ class ProcessPool:
         error = None
         while left:  # every answer is read, even after an error, so none is left in a pipe
             for conn in mp_wait(list(left)):
-                try:
-                    status, payload = conn.recv()
-                except EOFError:
-                    error = error or "a training worker process died"
-                    del left[conn]
-                    continue
-                if status == "error":
-                    error = error or f"training worker: {payload}"
+                status, payload = _answer(conn)
+                if status in ("error", "died"):
+                    error = error or payload
                 else:
                     results.update((r.peer, r) for r in payload)
                 left[conn] -= 1
-                if left[conn] == 0:
+                if left[conn] == 0 or status == "died":  # a dead worker answers no more
                     del left[conn]
         for t in feeders:
             t.join()

@@ -19,7 +19,7 @@ from gossipser.gossip.mixing import Params, combine
 from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.wire import encode
-from gossipser.learn.pool import TrainJob
+from gossipser.learn.pool import TrainJob, TrainResult
 
 # sees every message a peer sends: (round, sender, destination, message); gossipser.privacy
 # records what an adversary would observe with one
@@ -106,16 +106,29 @@ class Simulator:
             self._sizes[key] = len(encode(msg, secret=SIM_SECRET))
         return self._sizes[key]
 
+    def _sent(self, src: int, dest: int, msg: Message, round_: int) -> bool:
+        """Account one message sent (taps, bytes, count); True when its link loses it."""
+        if src != SERVER_ID:
+            for tap in self.taps:
+                tap(round_, src, dest, msg)
+        self.bytes_sent[src] += self._size(msg)
+        self.messages_sent += 1
+        return self.cfg.drop > 0 and self.rng.random() < self.cfg.drop
+
+    def _took(self, res: TrainResult, losses: dict[int, float]) -> None:
+        """Hand a training result to its peer and count what it cost."""
+        self.peers[res.peer].trained(res.params, res.steps)
+        losses[res.peer] = res.loss
+        self.steps_done += res.steps
+        self.samples_done += res.samples
+        if res.epsilon is not None:
+            self.epsilon[res.peer], self.noise[res.peer] = res.epsilon, res.noise
+
     def _deliver(self, sender: int, outbox: Outbox, online: set[int]) -> None:
         queue = deque((sender, dest, msg) for dest, msg in outbox)
         while queue:
             src, dest, msg = queue.popleft()
-            if src != SERVER_ID:
-                for tap in self.taps:
-                    tap(self.round, src, dest, msg)
-            self.bytes_sent[src] += self._size(msg)
-            self.messages_sent += 1
-            lost = self.cfg.drop > 0 and self.rng.random() < self.cfg.drop
+            lost = self._sent(src, dest, msg, self.round)
             if lost or (dest != SERVER_ID and dest not in online):
                 self.messages_dropped += 1
                 continue
@@ -147,12 +160,7 @@ class Simulator:
                 for i in training]
         losses = {}
         for res in self.pool.train([j for j in jobs if j.steps > 0]):
-            self.peers[res.peer].trained(res.params, res.steps)
-            losses[res.peer] = res.loss
-            self.steps_done += res.steps
-            self.samples_done += res.samples
-            if res.epsilon is not None:
-                self.epsilon[res.peer], self.noise[res.peer] = res.epsilon, res.noise
+            self._took(res, losses)
         for i in self.rng.permutation(training):
             self._deliver(int(i), self.peers[int(i)].outgoing(), online)
         for i in sorted(online):
@@ -205,28 +213,45 @@ class Simulator:
         return row, statuses
 
     def run(self) -> dict:
-        cfg = self.cfg
+        t0 = self._begin_run()
+        for r in range(1, self.cfg.rounds + 1):
+            online, losses = self.run_round(r)
+            if self._end_of_round(r, online, losses, t0):
+                break
+        return self._end_run(t0)
+
+    def _begin_run(self, **info) -> float:
+        """Say the run starts (with `setup_s`); returns the clock its wall time counts from."""
         if self.started is not None:
             self.setup_s = round(time.perf_counter() - self.started, 2)
         self._emit(RunStarted(info={**self.setup.describe(), "workers": self.pool.workers,
-                                    "setup_s": self.setup_s}))
-        t0 = time.perf_counter()
-        self.stopped = {"round": cfg.rounds, "reason": f"ran the {cfg.rounds} rounds planned"}
-        for r in range(1, cfg.rounds + 1):
-            online, losses = self.run_round(r)
-            # over the honest peers: (distance, per-peer distances), for the plateau and row
-            consensus = consensus_distance_of([self.peers[i].params for i in self.honest],
-                                              skip=self.private)
-            plateau = self._plateau(losses, r, consensus[0])
-            last = r == cfg.rounds or plateau is not None
-            row, statuses = self._row(r, online, losses, r % cfg.eval_every == 0 or last, t0,
-                                      consensus)
-            self.rows.append(row)
-            self._emit(RoundFinished(round=r, rounds=cfg.rounds, row=row, peers=statuses))
-            if plateau is not None:
-                self.stopped = {"round": r, "reason": plateau}
-                break
-        summary = self.summary(time.perf_counter() - t0)
+                                    "setup_s": self.setup_s, **info}))
+        rounds = self.cfg.rounds
+        self.stopped = {"round": rounds, "reason": f"ran the {rounds} rounds planned"}
+        return time.perf_counter()
+
+    def _end_of_round(self, r: int, online: set[int], losses: dict[int, float], t0: float,
+                      **extra) -> bool:
+        """The metrics row of round r (`extra` columns added), emitted; True: the run has
+        reached its plateau and stops."""
+        cfg = self.cfg
+        # over the honest peers: (distance, per-peer distances), for the plateau and row
+        consensus = consensus_distance_of([self.peers[i].params for i in self.honest],
+                                          skip=self.private)
+        plateau = self._plateau(losses, r, consensus[0])
+        last = r == cfg.rounds or plateau is not None
+        row, statuses = self._row(r, online, losses, r % cfg.eval_every == 0 or last, t0,
+                                  consensus)
+        row.update(extra)
+        self.rows.append(row)
+        self._emit(RoundFinished(round=r, rounds=cfg.rounds, row=row, peers=statuses))
+        if plateau is not None:
+            self.stopped = {"round": r, "reason": plateau}
+        return plateau is not None
+
+    def _end_run(self, t0: float, **extra) -> dict:
+        """The run's summary (`extra` fields added), emitted and returned."""
+        summary = {**self.summary(time.perf_counter() - t0), **extra}
         self._emit(RunFinished(summary=summary))
         return summary
 
@@ -298,4 +323,3 @@ class Simulator:
 
     def final_states(self) -> list[Params]:
         return [p.params for p in self.peers]
-

@@ -29,18 +29,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import time
 
 import numpy as np
 
 from gossipser.errors import ConfigError
 from gossipser.gossip.algorithms import Outbox
 from gossipser.gossip.devices import device_speeds
-from gossipser.gossip.events import RoundFinished, RunFinished, RunStarted
 from gossipser.gossip.message import Message
 from gossipser.gossip.plan import RunSetup
 from gossipser.learn.pool import TrainJob, TrainResult
-from gossipser.sim.simulator import CSV_COLUMNS, Simulator, consensus_distance_of
+from gossipser.sim.simulator import CSV_COLUMNS, Simulator
 
 __all__ = ["CSV_COLUMNS", "VirtualSimulator", "make_simulator"]
 
@@ -98,16 +96,11 @@ class VirtualSimulator(Simulator):
 
     def _send(self, src: int, outbox: Outbox) -> None:
         for dest, msg in outbox:
-            for tap in self.taps:
-                tap(self.local_round[src], src, dest, msg)
-            size = self._size(msg)
-            self.bytes_sent[src] += size
-            self.messages_sent += 1
-            if self.cfg.drop > 0 and self.rng.random() < self.cfg.drop:
+            if self._sent(src, dest, msg, self.local_round[src]):
                 self.messages_dropped += 1
                 continue
             latency, bandwidth = self._link(src, dest)
-            self._at(self.now + latency + size / bandwidth, "arrive", src, dest, msg)
+            self._at(self.now + latency + self._size(msg) / bandwidth, "arrive", src, dest, msg)
 
     def _begin(self, i: int, r: int) -> None:
         """Peer i starts local round r: its training job is queued, its end scheduled."""
@@ -135,14 +128,8 @@ class VirtualSimulator(Simulator):
         if i in self.pending:
             if i not in self.results:
                 self._flush()
-            res = self.results.pop(i)
             del self.pending[i]
-            peer.trained(res.params, res.steps)
-            self._losses[i] = res.loss
-            self.steps_done += res.steps
-            self.samples_done += res.samples
-            if res.epsilon is not None:
-                self.epsilon[i], self.noise[i] = res.epsilon, res.noise
+            self._took(self.results.pop(i), self._losses)
         self._send(i, peer.outgoing())
         if peer.barrier:
             self.waiting[i] = self.local_round[i]
@@ -181,8 +168,13 @@ class VirtualSimulator(Simulator):
         if self.waiting.get(i) == r:
             self._finish(i)  # a missing neighbour's weight stays home
 
-    def _toggle(self, i: int) -> None:
+    def _spell(self, online: bool) -> float:
+        """How long a peer stays online (or away) from now: exponential, away `churn_period`
+        s on average and online long enough that it is away `churn` of the time."""
         churn, period = self.cfg.churn, self.cfg.churn_period
+        return self.churn_rng.exponential(period * (1 - churn) / churn if online else period)
+
+    def _toggle(self, i: int) -> None:
         self.toggles.append((self.now, i, i not in self.online))
         if i in self.online:
             self.online.discard(i)
@@ -191,35 +183,27 @@ class VirtualSimulator(Simulator):
             self.results.pop(i, None)
             self.waiting.pop(i, None)
             self.arrived[i] = []
-            self._at(self.now + self.churn_rng.exponential(period), "toggle", i)
+            self._at(self.now + self._spell(online=False), "toggle", i)
         else:
             self.online.add(i)
             r = self.local_round[i]
             if self.peers[i].barrier:  # rejoin at the neighbours' round, not behind them
                 r = max([r, *(self.local_round[j] for j in self.peers[i].neighbours)])
             self._begin(i, max(r, 1))
-            self._at(self.now + self.churn_rng.exponential(period * (1 - churn) / churn),
-                     "toggle", i)
+            self._at(self.now + self._spell(online=True), "toggle", i)
 
     # the run -----------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
         n = len(self.peers)
-        if self.started is not None:
-            self.setup_s = round(time.perf_counter() - self.started, 2)
-        self._emit(RunStarted(info={**self.setup.describe(), "workers": self.pool.workers,
-                                    "setup_s": self.setup_s, "clock": "virtual"}))
-        t0 = time.perf_counter()
-        self.stopped = {"round": cfg.rounds, "reason": f"ran the {cfg.rounds} rounds planned"}
+        t0 = self._begin_run(clock="virtual")
         if cfg.churn > 0:
             for i in range(n):
-                if self.churn_rng.random() < cfg.churn:
+                away = self.churn_rng.random() < cfg.churn
+                if away:
                     self.online.discard(i)
                     self.initially_offline.add(i)
-                    self._at(self.churn_rng.exponential(cfg.churn_period), "toggle", i)
-                else:
-                    self._at(self.churn_rng.exponential(
-                        cfg.churn_period * (1 - cfg.churn) / cfg.churn), "toggle", i)
+                self._at(self._spell(online=not away), "toggle", i)
         for i in sorted(self.online):
             self._begin(i, 1)
         handlers = {"trained": self._trained, "arrive": self._arrive,
@@ -229,36 +213,16 @@ class VirtualSimulator(Simulator):
             self.now, _, kind, data = heapq.heappop(self.events)
             handlers[kind](*data)
             while self.completed >= (r + 1) * n and r < cfg.rounds:
-                r += 1
-                if self._row_done(r, t0):
+                r += 1  # a round of the metrics: n more local rounds done
+                losses, self._losses = self._losses, {}
+                if self._end_of_round(r, set(self.online), losses, t0,
+                                      virtual_s=round(self.now, 3)):
                     r = cfg.rounds + 1
-        summary = self.summary(time.perf_counter() - t0)
-        summary["virtual_s"] = round(self.now, 3)
-        summary["clock"] = {"kind": "virtual", "device_speed": cfg.device_speed,
-                            "speed_min": float(self.speed.min()),
-                            "speed_median": float(np.median(self.speed)),
-                            "speed_max": float(self.speed.max()),
-                            "step_time": cfg.step_time, "latency": cfg.latency,
-                            "bandwidth": cfg.bandwidth, "wait": self.wait}
-        self._emit(RunFinished(summary=summary))
-        return summary
-
-    def _row_done(self, r: int, t0: float) -> bool:
-        """Emit the metrics row of round r (n more local rounds done); True: the run stops."""
-        cfg = self.cfg
-        losses, self._losses = self._losses, {}
-        consensus = consensus_distance_of([self.peers[i].params for i in self.honest],
-                                          skip=self.private)
-        plateau = self._plateau(losses, r, consensus[0])
-        last = r == cfg.rounds or plateau is not None
-        row, statuses = self._row(r, set(self.online), losses,
-                                  r % cfg.eval_every == 0 or last, t0, consensus)
-        row["virtual_s"] = round(self.now, 3)
-        self.rows.append(row)
-        self._emit(RoundFinished(round=r, rounds=cfg.rounds, row=row, peers=statuses))
-        if plateau is not None:
-            self.stopped = {"round": r, "reason": plateau}
-        return plateau is not None
+        return self._end_run(t0, virtual_s=round(self.now, 3), clock={
+            "kind": "virtual", "device_speed": cfg.device_speed,
+            "speed_min": float(self.speed.min()), "speed_median": float(np.median(self.speed)),
+            "speed_max": float(self.speed.max()), "step_time": cfg.step_time,
+            "latency": cfg.latency, "bandwidth": cfg.bandwidth, "wait": self.wait})
 
 
 def make_simulator(setup: RunSetup, pool, **kwargs) -> Simulator:

@@ -132,18 +132,24 @@ def plot_ua_vs_round(path: Path, methods, runs, context) -> None:
             "communication round", "UA of the deployed model (%)", integer_x=True)
 
 
+def _against(ax, ms: Sequence[Method], runs: dict, x_key: str) -> None:
+    """Each method's deployed UA against `x_key` (bytes, virtual seconds); centralized and
+    local-only, which have no such axis, as horizontal references."""
+    for m in ms:
+        if m.algorithm == "centralized":
+            _reference(ax, runs[m.name], m, label="centralized")
+        elif m.algorithm == "local":
+            _reference(ax, runs[m.name], m, label="local (nothing sent)")
+        else:
+            _line(ax, runs[m.name], m, m.deployed, x_key=x_key)
+
+
 def plot_ua_vs_bytes(path: Path, methods, runs, context) -> None:
     groups = panels(methods, runs)
     fig, axes = _figure(len(groups))
     raw = context["raw_mb"] / context["peers"]
     for ax, (name, ms) in zip(axes, groups, strict=True):
-        for m in ms:
-            if m.algorithm == "centralized":
-                _reference(ax, runs[m.name], m, label="centralized")
-            elif m.algorithm == "local":
-                _reference(ax, runs[m.name], m, label="local (nothing sent)")
-            else:
-                _line(ax, runs[m.name], m, m.deployed, x_key="bytes_per_peer")
+        _against(ax, ms, runs, "bytes_per_peer")
         ax.axvline(raw, color="0.35", lw=1.0, ls=(0, (1, 2)),
                    label=f"raw audio per peer ({raw:.1f} MB, the centralized upload)")
         ax.set_xscale("log")
@@ -160,13 +166,7 @@ def plot_ua_vs_time(path: Path, methods, runs, context) -> None:
     groups = panels(methods, runs)
     fig, axes = _figure(len(groups))
     for ax, (name, ms) in zip(axes, groups, strict=True):
-        for m in ms:
-            if m.algorithm == "centralized":
-                _reference(ax, runs[m.name], m, label="centralized")
-            elif m.algorithm == "local":
-                _reference(ax, runs[m.name], m, label="local (nothing sent)")
-            else:
-                _line(ax, runs[m.name], m, m.deployed, x_key="virtual_s")
+        _against(ax, ms, runs, "virtual_s")
         ax.axhline(100 / context["n_classes"], color="0.6", lw=0.8, ls=":", label="chance")
         ax.set_title(name, fontsize=9)
     _finish(fig, axes, path, "UA against virtual time",
