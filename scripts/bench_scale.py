@@ -23,28 +23,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_simulator import SPEAKERS, TimedPool, corpus  # scripts/ is on sys.path
 
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.data.features import default_cache_dir
-from gossipser.data.synth import SynthConfig
-from gossipser.data.synth_corpus import write_corpus
 from gossipser.gossip.events import RoundFinished, RunStarted
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.learn.models import ModelConfig
-from gossipser.learn.pool import PARK_ABOVE, ProcessPool, TrainJob, TrainResult
+from gossipser.learn.pool import PARK_ABOVE, ProcessPool
 from gossipser.learn.train import TrainConfig
 from gossipser.sim.simulator import Simulator
-
-SPEAKERS = 8  # spk08 is the test speaker
 
 
 def rss_mb(pid: int) -> float:
@@ -53,39 +48,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-@dataclass
-class TimedPool:
-    """Wraps a pool: per call, its wall time and the busiest worker's optimiser seconds."""
-
-    pool: ProcessPool
-    calls: list[dict] = field(default_factory=list)
-
-    @property
-    def workers(self) -> int:
-        return self.pool.workers
-
-    def steps_per_epoch(self) -> dict[int, int]:
-        return self.pool.steps_per_epoch()
-
-    def train(self, jobs: list[TrainJob]) -> list[TrainResult]:
-        t0 = time.perf_counter()
-        out = self.pool.train(jobs)
-        per_worker: dict[int, float] = {}
-        for r in out:
-            w = self.pool._owner[r.peer]
-            per_worker[w] = per_worker.get(w, 0.0) + r.seconds
-        self.calls.append({"kind": "train", "start": t0, "wall": time.perf_counter() - t0,
-                           "steps": sum(j.steps for j in jobs),
-                           "busiest": max(per_worker.values(), default=0.0)})
-        return out
-
-    def evaluate(self, states):
-        t0 = time.perf_counter()
-        out = self.pool.evaluate(states)
-        self.calls.append({"kind": "evaluate", "start": t0, "wall": time.perf_counter() - t0})
-        return out
 
 
 class RoundClock:
@@ -98,20 +60,6 @@ class RoundClock:
         if isinstance(event, RunStarted | RoundFinished):
             pids = [os.getpid(), *(p.pid for p in mp.active_children())]
             self.marks.append((time.perf_counter(), sum(rss_mb(p) for p in pids)))
-
-
-def corpus(n_utterances: int, cache: Path) -> Path:
-    """A synthetic corpus with at least `n_utterances` training utterances (1 s each: the CNN
-    reads a fixed number of frames, zero padded, so a short file costs the same per step)."""
-    per_emotion = math.ceil(n_utterances / ((SPEAKERS - 1) * 8))
-    root = cache / f"bench-synth-s{SPEAKERS}-p{per_emotion}-d1"
-    if not (root / ".complete").exists():
-        t0 = time.perf_counter()
-        n = write_corpus(root, SynthConfig(speakers=SPEAKERS, per_emotion=per_emotion,
-                                           duration_s=1.0))
-        (root / ".complete").write_text("ok\n")
-        print(f"  wrote {n} synthetic files in {time.perf_counter() - t0:.1f} s (once)")
-    return root
 
 
 def make_setup(ds: Dataset, peers: int, args) -> RunSetup:
@@ -150,7 +98,7 @@ def run(setup: RunSetup, workers: int) -> dict:
         rounds.append({
             "wall": end - start - evaluate, "pool": sum(c["wall"] for c in train),
             "busiest": sum(c["busiest"] for c in train),
-            "steps": sum(c["steps"] for c in train),
+            "steps": sum(c["count"] for c in train),
         })
     return {"startup": startup, "rounds": rounds[1:], "rss": max(m[1] for m in clock.marks),
             "ua": sim.rows[-1]["ua_mean"]}

@@ -30,7 +30,7 @@ from gossipser.gossip.events import RoundFinished, RunStarted
 from gossipser.gossip.mixing import copy_params
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.learn.models import ModelConfig, build_model
-from gossipser.learn.pool import ProcessPool, TrainJob
+from gossipser.learn.pool import ProcessPool, TrainJob, TrainResult
 from gossipser.learn.train import LocalTrainer, TrainConfig
 from gossipser.sim.simulator import Simulator
 
@@ -41,10 +41,11 @@ WORKERS = 2
 
 @dataclass
 class TimedPool:
-    """Wraps a pool; logs (kind, start, end, steps) of every train/evaluate call."""
+    """Wraps a pool; per train/evaluate call: kind, start, wall time, count (peer-steps or
+    models) and, for training, the busiest worker's optimiser seconds."""
 
     pool: ProcessPool
-    calls: list[tuple[str, float, float, int]] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
 
     @property
     def workers(self) -> int:
@@ -53,16 +54,23 @@ class TimedPool:
     def steps_per_epoch(self) -> dict[int, int]:
         return self.pool.steps_per_epoch()
 
-    def train(self, jobs: list[TrainJob]):
+    def train(self, jobs: list[TrainJob]) -> list[TrainResult]:
         t0 = time.perf_counter()
         out = self.pool.train(jobs)
-        self.calls.append(("train", t0, time.perf_counter(), sum(j.steps for j in jobs)))
+        per_worker: dict[int, float] = {}
+        for r in out:
+            w = self.pool._owner[r.peer]
+            per_worker[w] = per_worker.get(w, 0.0) + r.seconds
+        self.calls.append({"kind": "train", "start": t0, "wall": time.perf_counter() - t0,
+                           "count": sum(j.steps for j in jobs),
+                           "busiest": max(per_worker.values(), default=0.0)})
         return out
 
     def evaluate(self, states):
         t0 = time.perf_counter()
         out = self.pool.evaluate(states)
-        self.calls.append(("evaluate", t0, time.perf_counter(), len(states)))
+        self.calls.append({"kind": "evaluate", "start": t0, "wall": time.perf_counter() - t0,
+                           "count": len(states)})
         return out
 
 
@@ -86,13 +94,13 @@ class RoundClock:
                                [cpu_seconds(pid) for pid in self.workers]))
 
 
-def corpus(max_peers: int, cache: Path) -> Path:
-    """A synthetic corpus with PER_PEER training utterances for each of `max_peers` peers.
+def corpus(n_utterances: int, cache: Path) -> Path:
+    """A synthetic corpus with at least `n_utterances` training utterances (bench_scale too).
 
     Utterances last 1 s: the CNN reads a fixed 150 frames (3 s, zero padded), so a shorter
     file costs the same per step and a third of the synthesis and MFCC time.
     """
-    per_emotion = math.ceil(max_peers * PER_PEER / ((SPEAKERS - 1) * 8))
+    per_emotion = math.ceil(n_utterances / ((SPEAKERS - 1) * 8))
     cfg = SynthConfig(speakers=SPEAKERS, per_emotion=per_emotion, duration_s=1.0)
     root = cache / f"bench-synth-s{SPEAKERS}-p{per_emotion}-d1"
     if not (root / ".complete").exists():
@@ -124,14 +132,14 @@ def bench_simulator(setup: RunSetup) -> dict:
     rounds = []
     for r in range(1, len(clock.marks)):
         (start, cpu0, w0), (end, cpu1, w1) = clock.marks[r - 1], clock.marks[r]
-        mine = [c for c in timed.calls if start <= c[1] < end]
+        mine = [c for c in timed.calls if start <= c["start"] < end]
         rounds.append({
             "wall": end - start, "main_cpu": cpu1 - cpu0,
             "worker_cpu": [b - a for a, b in zip(w0, w1, strict=True)],
-            "train": sum(c[2] - c[1] for c in mine if c[0] == "train"),
-            "evaluate": sum(c[2] - c[1] for c in mine if c[0] == "evaluate"),
-            "steps": sum(c[3] for c in mine if c[0] == "train"),
-            "models": sum(c[3] for c in mine if c[0] == "evaluate"),
+            "train": sum(c["wall"] for c in mine if c["kind"] == "train"),
+            "evaluate": sum(c["wall"] for c in mine if c["kind"] == "evaluate"),
+            "steps": sum(c["count"] for c in mine if c["kind"] == "train"),
+            "models": sum(c["count"] for c in mine if c["kind"] == "evaluate"),
         })
     return {"startup": startup, "rounds": rounds}
 
@@ -238,7 +246,7 @@ def main() -> None:
     print(f"bench_simulator: {cores} cores, torch {torch.__version__}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
     t0 = time.perf_counter()
-    ds = load_dataset(corpus(max(peer_counts), cache), cache_dir=cache)
+    ds = load_dataset(corpus(max(peer_counts) * PER_PEER, cache), cache_dir=cache)
     print(f"  corpus: {len(ds)} utterances ({'features from cache' if ds.from_cache else 'MFCC'}"
           f" in {time.perf_counter() - t0:.1f} s)")
 

@@ -53,6 +53,8 @@ def flower_run(rounds: int, data: Path, result: Path) -> None:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
+    from gossipser.gossip.mixing import combine
+
     with data.open("rb") as fh:
         bundle = pickle.load(fh)
     names, n_clients = bundle["names"], len(bundle["shards"])
@@ -109,11 +111,12 @@ def flower_run(rounds: int, data: Path, result: Path) -> None:
         while len(nodes) < n_clients:  # the simulated nodes register after start-up
             nodes = sorted(grid.get_node_ids())
             time.sleep(0.05 if len(nodes) < n_clients else 0)
-        weights = [bundle["init"][k] for k in names]
+        model = dict(bundle["init"])
         steps = ConfigRecord({"steps": [int(s) for s in bundle["steps"]]})
         for _ in range(rounds):
             t0 = time.perf_counter()
-            content = RecordDict({"arrays": ArrayRecord.from_numpy_ndarrays(weights),
+            content = RecordDict({"arrays": ArrayRecord.from_numpy_ndarrays(
+                                      [model[k] for k in names]),
                                   "config": steps})
             replies = list(grid.send_and_receive(
                 [Message(content=content, message_type="train", dst_node_id=n) for n in nodes]))
@@ -121,15 +124,12 @@ def flower_run(rounds: int, data: Path, result: Path) -> None:
             if len(ok) != len(nodes):
                 errors = [r.error for r in replies if not r.has_content()]
                 raise RuntimeError(f"Flower: {len(nodes) - len(ok)} client(s) failed: {errors}")
-            n = np.array([r.content["metrics"]["num-examples"] for r in ok], dtype=np.float64)
-            updates = [r.content["arrays"].to_numpy_ndarrays() for r in ok]
-            weights = [
-                np.asarray(sum(w * u[i].astype(np.float64) for w, u in zip(n, updates,
-                                                                          strict=True))
-                           / n.sum()).astype(weights[i].dtype)
-                for i in range(len(names))]
+            # the sample-weighted average, by the same function as gossipser's FedAvg server
+            model = combine([dict(zip(names, r.content["arrays"].to_numpy_ndarrays(),
+                                      strict=True)) for r in ok],
+                            [r.content["metrics"]["num-examples"] for r in ok])
             times.append(time.perf_counter() - t0)
-        final.update(zip(names, weights, strict=True))
+        final.update(model)
 
     run_simulation(server_app=server, client_app=client, num_supernodes=n_clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
