@@ -9,7 +9,7 @@ holds every run.
 Run: .venv/bin/python scripts/bench_robust.py --out runs/robust [--data DIR]
      [--test-speakers LIST] [--byzantine 2] [--attacks signflip,scale:-10]
      [--rules none,trimmed-mean:2,median,krum:2,clip:auto] [--seeds 0] [gossip/train flags]
-(D-PSGD unless --algorithm gossip-learning: the two algorithms with robust merges)
+(the default algorithm, gradient tracking, unless --algorithm dpsgd or gossip-learning)
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                        ("--patience", int)):
         p.add_argument(flag, type=kind, help="as for gossipser simulate")
     args = p.parse_args(argv)
-    args.algorithm = args.algorithm or "dpsgd"  # robust merges: dpsgd and gossip-learning
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     return args
 

@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last or module names "
                    "(e.g. features.0.0), comma-separated")
-    g.add_argument("--robust", metavar="RULE", help="Byzantine-robust merge for dpsgd and "
-                   "gossip-learning: none (default), trimmed-mean:K, median, krum:F, clip:TAU, "
-                   "clip:auto")
+    g.add_argument("--robust", metavar="RULE", help="Byzantine-robust merge for dpsgd, "
+                   "gradient-tracking and gossip-learning: none (default), trimmed-mean:K, "
+                   "median, krum:F, clip:TAU, clip:auto")
     g.add_argument("--byzantine", metavar="COUNT|IDS", help="simulated attackers: a count "
                    "drawn from the seed (2) or peer ids (3,7 or ids:3)")
     g.add_argument("--attack", metavar="ATTACK", help="what the Byzantine peers do: signflip "

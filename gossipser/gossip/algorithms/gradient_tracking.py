@@ -16,6 +16,11 @@ with a constant step it reaches the exact minimiser of their sum (tests/test_gra
 A missing neighbour's weight stays home, as in D-PSGD. A message carries both the model
 (`x - z`, under the parameter names) and the tracker (under `TRACK` + name), so it is twice
 the size of a D-PSGD message.
+
+With a robust rule (`--robust`) the peer merges the models and, separately, the trackers by
+that rule (each with its own clipping radius under clip:auto). A robust merge no longer keeps
+the trackers' sum, so tracking loses its exactness; what it keeps is that a bad neighbour's
+model and tracker both arrive bounded. Without a rule nothing changes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from gossipser.gossip.algorithms.base import Algorithm, Outbox, register
 from gossipser.gossip.message import Message
-from gossipser.gossip.mixing import Params, combine
+from gossipser.gossip.mixing import Params
 
 TRACK = "track/"  # prefix of the tracker's entries in a message
 
@@ -35,6 +40,7 @@ class GradientTracking(Algorithm):
     synchronous = True
     buffered_kind = "model"
     uses_mixing = True
+    supports_robust = True
 
     def __init__(self) -> None:
         self.z: Params | None = None  # tracker of the average update (after last round's mix)
@@ -80,10 +86,10 @@ class GradientTracking(Algorithm):
         names = list(peer.params)
         mine = {k: self.x[k] - self.z[k] for k in names}
         self.x = None
-        peer.params = combine([mine] + [{k: inbox[j].params[k] for k in names} for j in senders],
-                              weights)
-        self.z = combine([self.z] + [{k: inbox[j].params[TRACK + k] for k in names}
-                                     for j in senders], weights)
+        peer.params = peer.merge(
+            [mine] + [{k: inbox[j].params[k] for k in names} for j in senders], weights)
+        self.z = peer.merge([self.z] + [{k: inbox[j].params[TRACK + k] for k in names}
+                                        for j in senders], weights)
 
     def message_params(self, params: Params) -> Params:
         return {**params, **{TRACK + k: v for k, v in params.items()}}
