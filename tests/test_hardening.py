@@ -3,6 +3,10 @@ and checkpoints that survive damage and a full disk."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,8 +14,11 @@ import numpy as np
 import pytest
 
 from gossipser.errors import ConfigError
-from gossipser.net.node import REPLAY_WINDOW_US, ReplayGuard
+from gossipser.gossip.message import Message, ModelSpec
+from gossipser.gossip.wire import decode, encode
+from gossipser.net.node import REPLAY_WINDOW_US, NetNode, ReplayGuard
 from gossipser.net.runtime import Checkpoint, _ahead
+from gossipser.net.transport import MemoryHub, MemoryTransport, TransportConfig
 
 NOW = 1_800_000_000_000_000  # microseconds
 
@@ -110,3 +117,145 @@ def test_a_checkpoint_that_cannot_be_written_is_a_note_not_a_crash(tmp_path: Pat
     ckpt = Checkpoint(tmp_path / "gone" / "checkpoint.npz", "run-a")  # no such folder
     assert not _save(ckpt, 1)
     assert len(ckpt.notes) == 1 and "checkpoint not saved" in ckpt.notes[0]
+
+
+# sessions: learnt by challenge and answer, so a frame of an earlier launch cannot pass ------
+
+
+class Pair:
+    """Two NetNodes (0 and 1) on an in-memory hub; node 1 can be relaunched (new session)."""
+
+    RUN = "sessions"
+    PARAMS = {"w": np.arange(3, dtype=np.float32)}
+
+    def __init__(self) -> None:
+        self.hub = MemoryHub()
+        self.got: dict[int, list[Message]] = {0: [], 1: []}
+        self.stack = contextlib.AsyncExitStack()
+        self.nodes: dict[int, NetNode] = {}
+        self.loops: dict[int, asyncio.Task] = {}
+
+    async def launch(self, node: int, *, listen: bool = True) -> NetNode:
+        transport = MemoryTransport(TransportConfig(kind="memory", node=node), hub=self.hub)
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(transport)
+
+        async def keep(msg: Message, node=node) -> None:
+            self.got[node].append(msg)
+
+        net = NetNode(node=node, transport=transport, secret=b"s", run=self.RUN,
+                      spec=ModelSpec.from_params(self.PARAMS), allowed=[1 - node],
+                      on_message=keep)
+        if listen:
+            self.loops[node] = asyncio.create_task(net.receive_loop())
+        self.nodes[node] = net
+        self.stack.push_async_callback(stack.aclose)
+        return net
+
+    def model(self, sender: int, round_: int = 1) -> Message:
+        return Message(kind="model", run=self.RUN, sender=sender, round=round_,
+                       params=self.PARAMS)
+
+    async def stop(self, node: int) -> None:
+        task = self.loops.pop(node, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def settle(self) -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        for node in list(self.loops):
+            await self.stop(node)
+        await self.stack.aclose()
+
+
+async def recorded_frame_of_an_earlier_launch(pair: Pair) -> bytes:
+    """What node 1 sent node 0 in a launch before this one (a frame an eavesdropper kept)."""
+    earlier = await pair.launch(1, listen=False)
+    sent: list[bytes] = []
+    real = earlier.transport.send
+
+    async def record(dest: int, frame: bytes) -> None:
+        sent.append(frame)
+
+    earlier.transport.send = record
+    await earlier.send(0, pair.model(1))
+    earlier.transport.send = real
+    pair.hub.detach(1)
+    return sent[0]
+
+
+async def test_a_frame_of_an_earlier_launch_is_dropped_even_before_the_handshake():
+    pair = Pair()
+    try:
+        old = await recorded_frame_of_an_earlier_launch(pair)
+        receiver = await pair.launch(0)
+        await receiver.transport.incoming().put(old)  # replayed before anyone said hello
+        await pair.settle()
+        assert pair.got[0] == []  # it waits: its session is not known yet
+        sender = await pair.launch(1)  # node 1's real launch
+        assert await sender.handshake([0], round_=1, timeout=5) == set()
+        await pair.settle()
+        assert pair.got[0] == []
+        assert receiver.rejected == Counter({"foreign session": 1})
+        assert receiver.sessions[1] == sender.session != decode(old, secret=b"s").meta["session"]
+        await sender.send(0, pair.model(1, round_=2))  # the real launch's frames go through
+        await pair.settle()
+        assert [m.round for m in pair.got[0]] == [2]
+        assert receiver.rejected == Counter({"foreign session": 1})
+    finally:
+        await pair.close()
+
+
+async def test_frames_sent_before_the_answer_wait_and_are_delivered_in_order():
+    pair = Pair()
+    try:
+        receiver = await pair.launch(0)
+        sender = await pair.launch(1)
+        # node 1 speaks first, without a handshake: node 0 challenges it and holds the frames
+        for r in (1, 2, 3):
+            await sender.send(0, pair.model(1, round_=r))
+        await pair.settle()
+        assert [m.round for m in pair.got[0]] == [1, 2, 3]
+        assert receiver.rejected == Counter() and sender.rejected == Counter()
+        assert receiver.sessions == {1: sender.session} and receiver.heard == {1}
+    finally:
+        await pair.close()
+
+
+async def test_a_replayed_hello_cannot_set_a_session_and_a_restart_is_learnt():
+    pair = Pair()
+    try:
+        receiver = await pair.launch(0)
+        first = await pair.launch(1)
+        assert await first.handshake([0], round_=1, timeout=5) == set()
+        await pair.settle()
+        assert receiver.sessions[1] == first.session
+        # a hello of node 1's first launch, replayed: answered, but the session stays
+        hello = encode(dataclasses.replace(first._hello(1), meta={
+            "ack": 0, "seq": first._seq + 7, "to": 0, "session": 12345}), secret=b"s")
+        await receiver.transport.incoming().put(hello)
+        await pair.settle()
+        assert receiver.sessions[1] == first.session
+        # an answer to a challenge node 0 never made is dropped
+        forged_ack = encode(dataclasses.replace(first._hello(1, ack=1, echo=999), meta={
+            "ack": 1, "echo": 999, "seq": first._seq + 9, "to": 0, "session": 12345}),
+            secret=b"s")
+        await receiver.transport.incoming().put(forged_ack)
+        await pair.settle()
+        assert receiver.sessions[1] == first.session
+        assert receiver.rejected == Counter({"stale handshake": 1})
+        # node 1 restarts: a new session, learnt from its answer; its frames go through
+        await pair.stop(1)
+        pair.hub.detach(1)
+        second = await pair.launch(1)
+        assert await second.handshake([0], round_=1, timeout=5) == set()
+        await second.send(0, pair.model(1, round_=4))
+        await pair.settle()
+        assert receiver.sessions[1] == second.session != first.session
+        assert [m.round for m in pair.got[0]] == [4]
+    finally:
+        await pair.close()

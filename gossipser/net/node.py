@@ -15,9 +15,18 @@ or one older than `max_frame_age` seconds (a frame recorded in an earlier run). 
 number per sender is kept across a checkpoint, so a restarted peer cannot be fed old frames.
 Every frame also names its destination (`to`), so a frame sent to one neighbour cannot be
 replayed to another, and its sender's session (`session`, a random number drawn at every
-launch and announced in the `hello`s of the handshake): once a node knows a neighbour's
-current session, a frame of an earlier session (a recorded run, or the neighbour before a
-restart) is dropped as "foreign session", even within `max_frame_age`.
+launch).
+
+Sessions are learnt by challenge and answer, never from a frame alone: a `hello` carries its
+sender's session as a challenge, and the answer (`ack`) echoes it (`echo`). A node takes a
+neighbour's session only from an answer that echoes its own current session, which no frame
+recorded before this launch can do. Until then the neighbour's frames wait (at most
+`PENDING` per neighbour) and a challenge goes out; once the session is known they are
+delivered if they carry it and dropped as "foreign session" if not. So a frame of an earlier
+session (a recorded run, or the neighbour before a restart) is dropped even within
+`max_frame_age` and even when it arrives first. A hello from a neighbour whose session is
+not yet known, or has changed (a restart), is answered and challenged back. An answer to a
+challenge this launch did not make is dropped as "stale handshake".
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -38,6 +47,7 @@ from gossipser.gossip.wire import decode, encode
 
 Handler = Callable[[Message], Awaitable[None]]
 REPLAY_WINDOW_US = 30_000_000  # how far (in sequence numbers: microseconds) frames may reorder
+PENDING = 8  # frames kept per neighbour whose session is not yet known
 
 
 class ReplayGuard:
@@ -155,7 +165,9 @@ class NetNode:
         self.replay = ReplayGuard(max_frame_age)
         self._seq = 0  # the last sequence number this node sent
         self.session = secrets.randbits(62)  # this launch; neighbours learn it from hellos
-        self.sessions: dict[int, int] = {}  # each sender's current session
+        self.sessions: dict[int, int] = {}  # each sender's session, once it answered us
+        self.pending: dict[int, deque[Message]] = {}  # frames of senders not yet answered
+        self.challenged: set[int] = set()  # senders we asked for their session (no answer yet)
 
     # sending ---------------------------------------------------------------------------
     async def send(self, dest: int, msg: Message) -> bool:
@@ -197,19 +209,57 @@ class NetNode:
         if why is not None:
             self.rejected[why] += 1
             return None
-        session = msg.meta.get("session")
-        known = self.sessions.get(msg.sender)
-        if type(session) is not int:
+        if type(msg.meta.get("session")) is not int:
             self.rejected["no session"] += 1
             return None
-        if known is not None and session != known and msg.kind != "hello":
-            self.rejected["foreign session"] += 1
-            return None
-        # a fresh hello announces the sender's session (a restart draws a new one); before
-        # any hello, the first fresh frame does
-        if known is None or msg.kind == "hello":
-            self.sessions[msg.sender] = session
         return msg
+
+    async def _admit(self, msg: Message) -> list[Message]:
+        """The messages `msg` lets through now: itself if its sender's session is known and
+        matches, the sender's waiting frames too when `msg` is the answer that makes it known,
+        nothing while the session is unknown (then `msg` waits and a challenge goes out)."""
+        sender, session = msg.sender, msg.meta["session"]
+        known = self.sessions.get(sender)
+        if msg.kind == "hello":
+            if msg.meta.get("ack"):
+                if msg.meta.get("echo") != self.session:  # answers another launch's challenge
+                    self.rejected["stale handshake"] += 1
+                    return []
+                return self._learnt(sender, session, msg)
+            await self.send(sender, self._hello(self.round, ack=1, echo=session))
+            if session != known:  # first contact, a restart, or a replay: ask for proof
+                await self._challenge(sender, again=True)
+            return []
+        if session == known:
+            return [msg]
+        if known is not None and sender not in self.challenged:
+            self.rejected["foreign session"] += 1
+            return []
+        waiting = self.pending.setdefault(sender, deque())
+        if len(waiting) == PENDING:
+            waiting.popleft()
+            self.rejected["unanswered session"] += 1
+        waiting.append(msg)
+        await self._challenge(sender)
+        return []
+
+    def _learnt(self, sender: int, session: int, answer: Message) -> list[Message]:
+        """`sender` answered our challenge: its session is known; its waiting frames of that
+        session go through with the answer, the others are foreign."""
+        self.sessions[sender] = session
+        self.challenged.discard(sender)
+        ready = [answer]
+        for m in self.pending.pop(sender, ()):
+            if m.meta["session"] == session:
+                ready.append(m)
+            else:
+                self.rejected["foreign session"] += 1
+        return ready
+
+    async def _challenge(self, dest: int, again: bool = False) -> None:
+        if again or dest not in self.challenged:
+            self.challenged.add(dest)
+            await self.send(dest, self._hello(self.round))
 
     async def receive_loop(self) -> None:
         """Until cancelled: decode, check and hand over every frame that arrives."""
@@ -217,13 +267,11 @@ class NetNode:
             msg = self._accept(frame)
             if msg is None:
                 continue
-            self.heard.add(msg.sender)
-            self.heard_round[msg.sender] = max(self.heard_round.get(msg.sender, 0), msg.round)
-            if msg.kind == "hello":
-                if not msg.meta.get("ack"):
-                    await self.send(msg.sender, self._hello(self.round, ack=1))
-            else:
-                await self.on_message(msg)
+            for m in await self._admit(msg):
+                self.heard.add(m.sender)
+                self.heard_round[m.sender] = max(self.heard_round.get(m.sender, 0), m.round)
+                if m.kind != "hello":
+                    await self.on_message(m)
             self.notify()
 
     def notify(self) -> None:
@@ -242,9 +290,10 @@ class NetNode:
         return True
 
     # start-up --------------------------------------------------------------------------
-    def _hello(self, round_: int, ack: int = 0) -> Message:
+    def _hello(self, round_: int, ack: int = 0, echo: int | None = None) -> Message:
+        """A challenge (ack 0: `send` adds our session), or the answer to one (echoing it)."""
         return Message(kind="hello", run=self.run, sender=self.node, round=round_,
-                       meta={"ack": ack})
+                       meta={"ack": ack, **({"echo": echo} if echo is not None else {})})
 
     async def handshake(self, targets: Iterable[int], *, round_: int, timeout: float) -> set[int]:
         """Say hello until every target has answered or `timeout` passes; returns the silent."""
