@@ -36,6 +36,9 @@ ROWS = {
     # feature statistics seen through the first layer (the CNN's module names)
     "private-block": ["--private-layers", "features.0"],
     "private+eps8": ["--private-layers", "first", "--dp-epsilon", "8"],
+    # every BatchNorm's running statistics: unused at inference under bn_stats = speaker
+    "private-bn-stats": ["--private-layers", "bn-stats"],
+    "private-bn-stats+block": ["--private-layers", "bn-stats,features.0"],
 }
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 

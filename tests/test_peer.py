@@ -639,7 +639,22 @@ def test_private_names_resolve_aliases_and_refuse_unknown_layers():
                                                        "norm.running_mean"}
     assert private_names(params, []) == frozenset()
     with pytest.raises(ConfigError, match="'enc.1' is not in the model; its layers are "
-                       "first, last, enc.0, norm, head"):
+                       "first, last, bn-stats, enc.0, norm, head"):
         private_names(params, ["enc.1"])
     with pytest.raises(ConfigError, match="whole model"):
         private_names(params, ["enc", "norm", "head"])
+
+
+def test_bn_stats_names_every_batchnorm_statistic_of_the_cnn_and_no_weight():
+    from gossipser.gossip.private import private_names
+    from gossipser.learn.models import ModelConfig, build_model
+
+    cnn = {k: v for k, v in build_model(ModelConfig(kind="cnn"), n_features=39,
+                                        n_classes=8).state_dict().items()}
+    names = private_names(cnn, ["bn-stats"])
+    assert names == {k for k in cnn if k.endswith(("running_mean", "running_var",
+                                                   "num_batches_tracked"))}
+    assert len(names) == 9 and not any(k.endswith(("weight", "bias")) for k in names)
+    grouped = build_model(ModelConfig(kind="cnn", norm="group"), n_features=39, n_classes=8)
+    with pytest.raises(ConfigError, match="no BatchNorm statistics"):
+        private_names(dict(grouped.state_dict()), ["bn-stats"])

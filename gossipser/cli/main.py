@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-address", metavar="HOST:PORT", help="join the Ray cluster started "
                    "there with `ray start --head` (default: a local Ray)")
     g.add_argument("--private-layers", metavar="LIST", type=_names,
-                   help="layers that never leave a peer: first, last or module names "
-                   "(e.g. features.0.0), comma-separated")
+                   help="layers that never leave a peer: first, last, bn-stats (every "
+                   "BatchNorm's running statistics) or module names (e.g. features.0.0), "
+                   "comma-separated")
     g.add_argument("--robust", metavar="RULE", help="Byzantine-robust merge for dpsgd, "
                    "gradient-tracking and gossip-learning: none (default), trimmed-mean:K, "
                    "median, krum:F, clip:TAU, clip:auto")

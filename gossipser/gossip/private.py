@@ -5,7 +5,12 @@ gossip). The first layers see the speaker's voice most directly and leak the mos
 (Feng et al. 2021), so keeping them home is a defence that costs no noise.
 
 Layer names are module prefixes of the parameter names (``features.0.0`` for the CNN's first
-convolution), or ``first`` / ``last`` for the first or last module with weights.
+convolution), or ``first`` / ``last`` for the first or last module with weights, or
+``bn-stats`` for every BatchNorm's running statistics (running mean and variance and the
+batch counter): the speaker's feature statistics seen through each layer. Under the default
+``bn_stats = "speaker"`` they are never used at inference (a BatchNorm normalises with the
+speaker's own batch), so keeping them home costs nothing; under ``running`` each peer keeps
+its own, as SiloBN does.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Iterable, Mapping
 
 from gossipser.errors import ConfigError
 
-ALIASES = ("first", "last")
+ALIASES = ("first", "last", "bn-stats")
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def layers_of(names: Iterable[str]) -> list[str]:
@@ -40,6 +46,13 @@ def private_names(params: Mapping[str, object], layers: Iterable[str]) -> frozen
     chosen: set[str] = set()
     for layer in layers:
         layer = layer.strip()
+        if layer == "bn-stats":
+            hit = {n for n in names if n.rsplit(".", 1)[-1] in BN_STATS}
+            if not hit:
+                raise ConfigError("private layer 'bn-stats': this model has no BatchNorm "
+                                  "statistics (GroupNorm, or the LSTM)")
+            chosen |= hit
+            continue
         if layer in ALIASES:
             weighted = _weighted_layers(names)
             layer = weighted[0] if layer == "first" else weighted[-1]
@@ -47,7 +60,7 @@ def private_names(params: Mapping[str, object], layers: Iterable[str]) -> frozen
         if not hit:
             shown = ", ".join(layers_of(names))
             raise ConfigError(f"private layer {layer!r} is not in the model; its layers are "
-                              f"first, last, {shown}")
+                              f"first, last, bn-stats, {shown}")
         chosen |= hit
     if chosen and chosen == set(names):
         raise ConfigError("private layers cover the whole model: nothing would be shared")
