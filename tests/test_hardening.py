@@ -133,6 +133,7 @@ class Pair:
         self.got: dict[int, list[Message]] = {0: [], 1: []}
         self.stack = contextlib.AsyncExitStack()
         self.nodes: dict[int, NetNode] = {}
+        self.launched: list[NetNode] = []
         self.loops: dict[int, asyncio.Task] = {}
 
     async def launch(self, node: int, *, listen: bool = True) -> NetNode:
@@ -149,6 +150,7 @@ class Pair:
         if listen:
             self.loops[node] = asyncio.create_task(net.receive_loop())
         self.nodes[node] = net
+        self.launched.append(net)
         self.stack.push_async_callback(stack.aclose)
         return net
 
@@ -169,6 +171,8 @@ class Pair:
     async def close(self) -> None:
         for node in list(self.loops):
             await self.stop(node)
+        for net in self.launched:
+            await net.close()
         await self.stack.aclose()
 
 
@@ -257,5 +261,66 @@ async def test_a_replayed_hello_cannot_set_a_session_and_a_restart_is_learnt():
         await pair.settle()
         assert receiver.sessions[1] == second.session != first.session
         assert [m.round for m in pair.got[0]] == [4]
+    finally:
+        await pair.close()
+
+
+def lose_first_hello(node: NetNode) -> list[bytes]:
+    """Make `node`'s transport lose the first hello it sends; returns what was lost."""
+    real, lost = node.transport.send, []
+
+    async def lossy(dest: int, frame: bytes) -> None:
+        if not lost and decode(frame, secret=b"s").kind == "hello":
+            lost.append(frame)
+            return
+        await real(dest, frame)
+
+    node.transport.send = lossy
+    return lost
+
+
+async def test_a_lost_challenge_is_sent_again_and_no_frame_is_lost(monkeypatch):
+    monkeypatch.setattr("gossipser.net.node.RECHALLENGE_S", 0.05)
+    pair = Pair()
+    try:
+        receiver = await pair.launch(0)
+        sender = await pair.launch(1)
+        lost = lose_first_hello(receiver)
+        for r in (1, 2, 3):  # the first frame's challenge is lost; a later frame asks again
+            await sender.send(0, pair.model(1, round_=r))
+            await asyncio.sleep(0.1)
+        await pair.settle()
+        assert lost and [m.round for m in pair.got[0]] == [1, 2, 3]
+        assert receiver.rejected == Counter() and receiver.sessions == {1: sender.session}
+    finally:
+        await pair.close()
+
+
+async def test_a_late_answer_of_a_previous_launch_cannot_undo_a_restart():
+    pair = Pair()
+    try:
+        receiver = await pair.launch(0)
+        first = await pair.launch(1, listen=False)
+        receiver._challenge(1)  # node 0 asks node 1's first launch; its answer is delayed
+        challenge = decode(await first.transport.incoming().__anext__(), secret=b"s")
+        held: list[bytes] = []
+
+        async def hold(dest: int, frame: bytes) -> None:
+            held.append(frame)
+
+        first.transport.send = hold
+        await first.send(0, first._hello(0, ack=1, echo=challenge.meta["session"]))
+        pair.hub.detach(1)
+        second = await pair.launch(1)  # node 1 restarts and answers with its new session
+        assert await second.handshake([0], round_=1, timeout=5) == set()
+        await pair.settle()
+        assert receiver.sessions[1] == second.session
+        await receiver.transport.incoming().put(held[0])  # the old answer arrives at last
+        await pair.settle()
+        assert receiver.sessions[1] == second.session
+        assert receiver.rejected == Counter({"stale handshake": 1})
+        await second.send(0, pair.model(1, round_=2))
+        await pair.settle()
+        assert [m.round for m in pair.got[0]] == [2]
     finally:
         await pair.close()

@@ -25,8 +25,12 @@ recorded before this launch can do. Until then the neighbour's frames wait (at m
 delivered if they carry it and dropped as "foreign session" if not. So a frame of an earlier
 session (a recorded run, or the neighbour before a restart) is dropped even within
 `max_frame_age` and even when it arrives first. A hello from a neighbour whose session is
-not yet known, or has changed (a restart), is answered and challenged back. An answer to a
-challenge this launch did not make is dropped as "stale handshake".
+not yet known, or has changed (a restart), is answered and challenged back; a challenge left
+unanswered for `RECHALLENGE_S` is sent again with the sender's next frame, so one lost hello
+does not cut a neighbour off. An answer to a challenge this launch did not make, or one
+older (by `seq`) than the answer that set the session (a delayed answer of the sender's
+previous launch), is dropped as "stale handshake". Hellos go out in the background, so a
+neighbour that is down does not stall the receiving of the others' frames.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from gossipser.gossip.wire import decode, encode
 Handler = Callable[[Message], Awaitable[None]]
 REPLAY_WINDOW_US = 30_000_000  # how far (in sequence numbers: microseconds) frames may reorder
 PENDING = 8  # frames kept per neighbour whose session is not yet known
+RECHALLENGE_S = 1.0  # a challenge left unanswered this long is sent again on the next frame
 
 
 class ReplayGuard:
@@ -167,7 +172,9 @@ class NetNode:
         self.session = secrets.randbits(62)  # this launch; neighbours learn it from hellos
         self.sessions: dict[int, int] = {}  # each sender's session, once it answered us
         self.pending: dict[int, deque[Message]] = {}  # frames of senders not yet answered
-        self.challenged: set[int] = set()  # senders we asked for their session (no answer yet)
+        self.challenged: dict[int, float] = {}  # sender -> when we last asked (no answer yet)
+        self.answered: dict[int, int] = {}  # sender -> seq of the answer that set its session
+        self._hellos: set[asyncio.Task] = set()  # answers and challenges on their way
 
     # sending ---------------------------------------------------------------------------
     async def send(self, dest: int, msg: Message) -> bool:
@@ -219,35 +226,37 @@ class NetNode:
         matches, the sender's waiting frames too when `msg` is the answer that makes it known,
         nothing while the session is unknown (then `msg` waits and a challenge goes out)."""
         sender, session = msg.sender, msg.meta["session"]
-        known = self.sessions.get(sender)
         if msg.kind == "hello":
             if msg.meta.get("ack"):
-                if msg.meta.get("echo") != self.session:  # answers another launch's challenge
+                # an answer to another launch's challenge, or one older than the answer that
+                # set the session (a delayed answer of the sender's previous launch)
+                if (msg.meta.get("echo") != self.session
+                        or msg.meta["seq"] < self.answered.get(sender, -1)):
                     self.rejected["stale handshake"] += 1
                     return []
                 return self._learnt(sender, session, msg)
-            await self.send(sender, self._hello(self.round, ack=1, echo=session))
-            if session != known:  # first contact, a restart, or a replay: ask for proof
-                await self._challenge(sender, again=True)
+            self._post(sender, self._hello(self.round, ack=1, echo=session))
+            if session != self.sessions.get(sender):  # first contact, a restart or a replay:
+                self._challenge(sender, again=True)  # ask for proof
             return []
-        if session == known:
+        if session == self.sessions.get(sender):
             return [msg]
-        if known is not None and sender not in self.challenged:
-            self.rejected["foreign session"] += 1
-            return []
+        # an unknown sender, a restart whose hello we missed, or a replay: the frame waits
+        # until the sender answers a challenge (sent again if the last one went unanswered)
         waiting = self.pending.setdefault(sender, deque())
         if len(waiting) == PENDING:
             waiting.popleft()
             self.rejected["unanswered session"] += 1
         waiting.append(msg)
-        await self._challenge(sender)
+        self._challenge(sender)
         return []
 
     def _learnt(self, sender: int, session: int, answer: Message) -> list[Message]:
         """`sender` answered our challenge: its session is known; its waiting frames of that
         session go through with the answer, the others are foreign."""
         self.sessions[sender] = session
-        self.challenged.discard(sender)
+        self.answered[sender] = answer.meta["seq"]
+        self.challenged.pop(sender, None)
         ready = [answer]
         for m in self.pending.pop(sender, ()):
             if m.meta["session"] == session:
@@ -256,10 +265,26 @@ class NetNode:
                 self.rejected["foreign session"] += 1
         return ready
 
-    async def _challenge(self, dest: int, again: bool = False) -> None:
-        if again or dest not in self.challenged:
-            self.challenged.add(dest)
-            await self.send(dest, self._hello(self.round))
+    def _challenge(self, dest: int, again: bool = False) -> None:
+        """Ask `dest` for its session, unless a challenge went out less than RECHALLENGE_S
+        ago (a lost challenge or answer is repaired by the next frame)."""
+        last = self.challenged.get(dest)
+        if again or last is None or time.monotonic() - last > RECHALLENGE_S:
+            self.challenged[dest] = time.monotonic()
+            self._post(dest, self._hello(self.round))
+
+    async def close(self) -> None:
+        """Cancel the hellos still on their way (the transport is closing)."""
+        for task in list(self._hellos):
+            task.cancel()
+        await asyncio.gather(*self._hellos, return_exceptions=True)
+
+    def _post(self, dest: int, msg: Message) -> None:
+        """Send a hello in the background: a neighbour that is down must not stall the
+        receiving of everyone else's frames for a send timeout."""
+        task = asyncio.create_task(self.send(dest, msg))
+        self._hellos.add(task)
+        task.add_done_callback(self._hellos.discard)
 
     async def receive_loop(self) -> None:
         """Until cancelled: decode, check and hand over every frame that arrives."""

@@ -70,6 +70,7 @@ async def _connected(
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
+            await node.close()
 
 
 def transport_config(setup: RunSetup, net: NetworkConfig, node: int) -> TransportConfig:
