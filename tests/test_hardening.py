@@ -176,93 +176,92 @@ class Pair:
         await self.stack.aclose()
 
 
+@pytest.fixture
+async def pair():
+    p = Pair()
+    yield p
+    await p.close()
+
+
+def captured(node: NetNode) -> list[bytes]:
+    """From now on, what `node` sends is kept in the returned list instead of delivered."""
+    kept: list[bytes] = []
+
+    async def keep(dest: int, frame: bytes) -> None:
+        kept.append(frame)
+
+    node.transport.send = keep
+    return kept
+
+
 async def recorded_frame_of_an_earlier_launch(pair: Pair) -> bytes:
     """What node 1 sent node 0 in a launch before this one (a frame an eavesdropper kept)."""
     earlier = await pair.launch(1, listen=False)
-    sent: list[bytes] = []
-    real = earlier.transport.send
-
-    async def record(dest: int, frame: bytes) -> None:
-        sent.append(frame)
-
-    earlier.transport.send = record
+    sent = captured(earlier)
     await earlier.send(0, pair.model(1))
-    earlier.transport.send = real
     pair.hub.detach(1)
     return sent[0]
 
 
-async def test_a_frame_of_an_earlier_launch_is_dropped_even_before_the_handshake():
-    pair = Pair()
-    try:
-        old = await recorded_frame_of_an_earlier_launch(pair)
-        receiver = await pair.launch(0)
-        await receiver.transport.incoming().put(old)  # replayed before anyone said hello
-        await pair.settle()
-        assert pair.got[0] == []  # it waits: its session is not known yet
-        sender = await pair.launch(1)  # node 1's real launch
-        assert await sender.handshake([0], round_=1, timeout=5) == set()
-        await pair.settle()
-        assert pair.got[0] == []
-        assert receiver.rejected == Counter({"foreign session": 1})
-        assert receiver.sessions[1] == sender.session != decode(old, secret=b"s").meta["session"]
-        await sender.send(0, pair.model(1, round_=2))  # the real launch's frames go through
-        await pair.settle()
-        assert [m.round for m in pair.got[0]] == [2]
-        assert receiver.rejected == Counter({"foreign session": 1})
-    finally:
-        await pair.close()
+async def test_a_frame_of_an_earlier_launch_is_dropped_even_before_the_handshake(pair: Pair):
+    old = await recorded_frame_of_an_earlier_launch(pair)
+    receiver = await pair.launch(0)
+    await receiver.transport.incoming().put(old)  # replayed before anyone said hello
+    await pair.settle()
+    assert pair.got[0] == []  # it waits: its session is not known yet
+    sender = await pair.launch(1)  # node 1's real launch
+    assert await sender.handshake([0], round_=1, timeout=5) == set()
+    await pair.settle()
+    assert pair.got[0] == []
+    assert receiver.rejected == Counter({"foreign session": 1})
+    assert receiver.sessions[1] == sender.session != decode(old, secret=b"s").meta["session"]
+    await sender.send(0, pair.model(1, round_=2))  # the real launch's frames go through
+    await pair.settle()
+    assert [m.round for m in pair.got[0]] == [2]
+    assert receiver.rejected == Counter({"foreign session": 1})
 
 
-async def test_frames_sent_before_the_answer_wait_and_are_delivered_in_order():
-    pair = Pair()
-    try:
-        receiver = await pair.launch(0)
-        sender = await pair.launch(1)
-        # node 1 speaks first, without a handshake: node 0 challenges it and holds the frames
-        for r in (1, 2, 3):
-            await sender.send(0, pair.model(1, round_=r))
-        await pair.settle()
-        assert [m.round for m in pair.got[0]] == [1, 2, 3]
-        assert receiver.rejected == Counter() and sender.rejected == Counter()
-        assert receiver.sessions == {1: sender.session} and receiver.heard == {1}
-    finally:
-        await pair.close()
+async def test_frames_sent_before_the_answer_wait_and_are_delivered_in_order(pair: Pair):
+    receiver = await pair.launch(0)
+    sender = await pair.launch(1)
+    # node 1 speaks first, without a handshake: node 0 challenges it and holds the frames
+    for r in (1, 2, 3):
+        await sender.send(0, pair.model(1, round_=r))
+    await pair.settle()
+    assert [m.round for m in pair.got[0]] == [1, 2, 3]
+    assert receiver.rejected == Counter() and sender.rejected == Counter()
+    assert receiver.sessions == {1: sender.session} and receiver.heard == {1}
 
 
-async def test_a_replayed_hello_cannot_set_a_session_and_a_restart_is_learnt():
-    pair = Pair()
-    try:
-        receiver = await pair.launch(0)
-        first = await pair.launch(1)
-        assert await first.handshake([0], round_=1, timeout=5) == set()
-        await pair.settle()
-        assert receiver.sessions[1] == first.session
-        # a hello of node 1's first launch, replayed: answered, but the session stays
-        hello = encode(dataclasses.replace(first._hello(1), meta={
-            "ack": 0, "seq": first._seq + 7, "to": 0, "session": 12345}), secret=b"s")
-        await receiver.transport.incoming().put(hello)
-        await pair.settle()
-        assert receiver.sessions[1] == first.session
-        # an answer to a challenge node 0 never made is dropped
-        forged_ack = encode(dataclasses.replace(first._hello(1, ack=1, echo=999), meta={
-            "ack": 1, "echo": 999, "seq": first._seq + 9, "to": 0, "session": 12345}),
-            secret=b"s")
-        await receiver.transport.incoming().put(forged_ack)
-        await pair.settle()
-        assert receiver.sessions[1] == first.session
-        assert receiver.rejected == Counter({"stale handshake": 1})
-        # node 1 restarts: a new session, learnt from its answer; its frames go through
-        await pair.stop(1)
-        pair.hub.detach(1)
-        second = await pair.launch(1)
-        assert await second.handshake([0], round_=1, timeout=5) == set()
-        await second.send(0, pair.model(1, round_=4))
-        await pair.settle()
-        assert receiver.sessions[1] == second.session != first.session
-        assert [m.round for m in pair.got[0]] == [4]
-    finally:
-        await pair.close()
+async def test_a_replayed_hello_cannot_set_a_session_and_a_restart_is_learnt(pair: Pair):
+    receiver = await pair.launch(0)
+    first = await pair.launch(1)
+    assert await first.handshake([0], round_=1, timeout=5) == set()
+    await pair.settle()
+    assert receiver.sessions[1] == first.session
+    # a hello of node 1's first launch, replayed: answered, but the session stays
+    hello = encode(dataclasses.replace(first._hello(1), meta={
+        "ack": 0, "seq": first._seq + 7, "to": 0, "session": 12345}), secret=b"s")
+    await receiver.transport.incoming().put(hello)
+    await pair.settle()
+    assert receiver.sessions[1] == first.session
+    # an answer to a challenge node 0 never made is dropped
+    forged_ack = encode(dataclasses.replace(first._hello(1, ack=1, echo=999), meta={
+        "ack": 1, "echo": 999, "seq": first._seq + 9, "to": 0, "session": 12345}),
+        secret=b"s")
+    await receiver.transport.incoming().put(forged_ack)
+    await pair.settle()
+    assert receiver.sessions[1] == first.session
+    assert receiver.rejected == Counter({"stale handshake": 1})
+    # node 1 restarts: a new session, learnt from its answer; its frames go through
+    await pair.stop(1)
+    pair.hub.detach(1)
+    second = await pair.launch(1)
+    assert await second.handshake([0], round_=1, timeout=5) == set()
+    await second.send(0, pair.model(1, round_=4))
+    await pair.settle()
+    assert receiver.sessions[1] == second.session != first.session
+    assert [m.round for m in pair.got[0]] == [4]
 
 
 def lose_first_hello(node: NetNode) -> list[bytes]:
@@ -279,48 +278,35 @@ def lose_first_hello(node: NetNode) -> list[bytes]:
     return lost
 
 
-async def test_a_lost_challenge_is_sent_again_and_no_frame_is_lost(monkeypatch):
+async def test_a_lost_challenge_is_sent_again_and_no_frame_is_lost(monkeypatch, pair: Pair):
     monkeypatch.setattr("gossipser.net.node.RECHALLENGE_S", 0.05)
-    pair = Pair()
-    try:
-        receiver = await pair.launch(0)
-        sender = await pair.launch(1)
-        lost = lose_first_hello(receiver)
-        for r in (1, 2, 3):  # the first frame's challenge is lost; a later frame asks again
-            await sender.send(0, pair.model(1, round_=r))
-            await asyncio.sleep(0.1)
-        await pair.settle()
-        assert lost and [m.round for m in pair.got[0]] == [1, 2, 3]
-        assert receiver.rejected == Counter() and receiver.sessions == {1: sender.session}
-    finally:
-        await pair.close()
+    receiver = await pair.launch(0)
+    sender = await pair.launch(1)
+    lost = lose_first_hello(receiver)
+    for r in (1, 2, 3):  # the first frame's challenge is lost; a later frame asks again
+        await sender.send(0, pair.model(1, round_=r))
+        await asyncio.sleep(0.1)
+    await pair.settle()
+    assert lost and [m.round for m in pair.got[0]] == [1, 2, 3]
+    assert receiver.rejected == Counter() and receiver.sessions == {1: sender.session}
 
 
-async def test_a_late_answer_of_a_previous_launch_cannot_undo_a_restart():
-    pair = Pair()
-    try:
-        receiver = await pair.launch(0)
-        first = await pair.launch(1, listen=False)
-        receiver._challenge(1)  # node 0 asks node 1's first launch; its answer is delayed
-        challenge = decode(await first.transport.incoming().__anext__(), secret=b"s")
-        held: list[bytes] = []
-
-        async def hold(dest: int, frame: bytes) -> None:
-            held.append(frame)
-
-        first.transport.send = hold
-        await first.send(0, first._hello(0, ack=1, echo=challenge.meta["session"]))
-        pair.hub.detach(1)
-        second = await pair.launch(1)  # node 1 restarts and answers with its new session
-        assert await second.handshake([0], round_=1, timeout=5) == set()
-        await pair.settle()
-        assert receiver.sessions[1] == second.session
-        await receiver.transport.incoming().put(held[0])  # the old answer arrives at last
-        await pair.settle()
-        assert receiver.sessions[1] == second.session
-        assert receiver.rejected == Counter({"stale handshake": 1})
-        await second.send(0, pair.model(1, round_=2))
-        await pair.settle()
-        assert [m.round for m in pair.got[0]] == [2]
-    finally:
-        await pair.close()
+async def test_a_late_answer_of_a_previous_launch_cannot_undo_a_restart(pair: Pair):
+    receiver = await pair.launch(0)
+    first = await pair.launch(1, listen=False)
+    receiver._challenge(1)  # node 0 asks node 1's first launch; its answer is delayed
+    challenge = decode(await first.transport.incoming().__anext__(), secret=b"s")
+    held = captured(first)
+    await first.send(0, first._hello(0, ack=1, echo=challenge.meta["session"]))
+    pair.hub.detach(1)
+    second = await pair.launch(1)  # node 1 restarts and answers with its new session
+    assert await second.handshake([0], round_=1, timeout=5) == set()
+    await pair.settle()
+    assert receiver.sessions[1] == second.session
+    await receiver.transport.incoming().put(held[0])  # the old answer arrives at last
+    await pair.settle()
+    assert receiver.sessions[1] == second.session
+    assert receiver.rejected == Counter({"stale handshake": 1})
+    await second.send(0, pair.model(1, round_=2))
+    await pair.settle()
+    assert [m.round for m in pair.got[0]] == [2]
