@@ -194,18 +194,21 @@ def captured(node: NetNode) -> list[bytes]:
     return kept
 
 
-async def recorded_frame_of_an_earlier_launch(pair: Pair) -> bytes:
-    """What node 1 sent node 0 in a launch before this one (a frame an eavesdropper kept)."""
+async def recorded_frame_of_an_earlier_launch(pair: Pair, receiver: NetNode) -> bytes:
+    """What node 1 sent `receiver` in a launch before this one (a frame an eavesdropper
+    kept)."""
     earlier = await pair.launch(1, listen=False)
     sent = captured(earlier)
+    earlier.sessions[0] = receiver.session  # it had learnt the receiver's session
     await earlier.send(0, pair.model(1))
     pair.hub.detach(1)
     return sent[0]
 
 
 async def test_a_frame_of_an_earlier_launch_is_dropped_even_before_the_handshake(pair: Pair):
-    old = await recorded_frame_of_an_earlier_launch(pair)
     receiver = await pair.launch(0)
+    old = await recorded_frame_of_an_earlier_launch(pair, receiver)
+    assert decode(old, secret=b"s").kind == "model"
     await receiver.transport.incoming().put(old)  # replayed before anyone said hello
     await pair.settle()
     assert pair.got[0] == []  # it waits: its session is not known yet
@@ -231,6 +234,46 @@ async def test_frames_sent_before_the_answer_wait_and_are_delivered_in_order(pai
     assert [m.round for m in pair.got[0]] == [1, 2, 3]
     assert receiver.rejected == Counter() and sender.rejected == Counter()
     assert receiver.sessions == {1: sender.session} and receiver.heard == {1}
+    assert sender.sessions == {0: receiver.session} and not sender.outbox.get(0)
+
+
+async def test_nothing_but_a_hello_goes_to_a_node_whose_session_is_unknown(pair: Pair):
+    sender = await pair.launch(1)
+    sent = captured(sender)
+    assert await sender.send(0, pair.model(1))  # held, and a challenge goes out
+    assert [decode(f, secret=b"s").kind for f in sent] == ["hello"]
+    assert [m.round for m in sender.outbox[0]] == [1]
+    pair.hub.detach(1)
+    lonely = await pair.launch(1)  # node 0 is not up: unreachable, and nothing is held
+    assert not await lonely.send(0, pair.model(1))
+    assert not lonely.outbox.get(0)
+
+
+async def test_a_frame_sent_to_a_previous_launch_cannot_be_replayed_after_a_restart(
+        pair: Pair):
+    first = await pair.launch(0)
+    sender = await pair.launch(1)
+    assert await sender.handshake([0], round_=1, timeout=5) == set()
+    await pair.settle()
+    # node 1 sends node 0 a frame after node 0's last checkpoint; an eavesdropper keeps it
+    real = sender.transport.send
+    kept = captured(sender)
+    await sender.send(0, pair.model(1, round_=5))
+    sender.transport.send = real
+    assert decode(kept[0], secret=b"s").meta["for"] == first.session
+    # node 0 restarts (a new session) and the kept frame is replayed to it
+    await pair.stop(0)
+    pair.hub.detach(0)
+    second = await pair.launch(0)
+    await second.transport.incoming().put(kept[0])
+    await pair.settle()
+    assert pair.got[0] == [] and second.rejected == Counter({"not for this launch": 1})
+    # the replay made node 0 challenge node 1, which learnt the new session from it
+    assert sender.sessions[0] == second.session != first.session
+    await sender.send(0, pair.model(1, round_=6))
+    await pair.settle()
+    assert [m.round for m in pair.got[0]] == [6]
+    assert second.rejected == Counter({"not for this launch": 1})
 
 
 async def test_a_replayed_hello_cannot_set_a_session_and_a_restart_is_learnt(pair: Pair):

@@ -457,8 +457,9 @@ def hostile_frames(setup: RunSetup) -> list[tuple[str, bytes]]:
                                                 round=10**9, meta={"to": 0, "seq": now}),
                                         secret=SECRET)),
         ("stale", model(meta={"to": 0, "seq": now - 3600 * 10**6, "session": 7})),
-        # an earlier launch of peer 1 (another session), within max_frame_age
-        ("foreign session", model(meta={"to": 0, "seq": now + 3, "session": 7})),
+        # sent to an earlier launch of peer 0 (another session of the receiver)
+        ("not for this launch", model(meta={"to": 0, "seq": now + 3, "session": 7,
+                                            "for": 8})),
     ]
 
 
@@ -513,6 +514,14 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_run_goes_on(
                    if decode(f, secret=SECRET).meta.get("to") == 0][:1] * 2
         assert replays
         frames.extend(("replayed", f) for f in replays)
+        # an earlier launch of peer 1 (another session) that knew peer 0's session
+        to_0 = [decode(f, secret=SECRET) for f in transports[1].sent]
+        this_launch = next(m.meta["for"] for m in to_0
+                           if m.meta.get("to") == 0 and m.kind != "hello")
+        seq = time.time_ns() // 1000
+        frames.append(("foreign session", encode(Message(
+            kind="model", run=setup.run_id, sender=1, round=1, params=setup.init,
+            meta={"to": 0, "seq": seq, "session": 7, "for": this_launch}), secret=SECRET)))
         stream = b"".join(len(f).to_bytes(4, "big") + f for _, f in frames)
         await send_raw(port, stream)
         await send_raw(port, (2**32 - 1).to_bytes(4, "big") + b"x" * 64)  # oversized

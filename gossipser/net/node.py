@@ -31,6 +31,14 @@ does not cut a neighbour off. An answer to a challenge this launch did not make,
 older (by `seq`) than the answer that set the session (a delayed answer of the sender's
 previous launch), is dropped as "stale handshake". Hellos go out in the background, so a
 neighbour that is down does not stall the receiving of the others' frames.
+
+The same holds the other way: every frame but a hello also names the session of the node it
+is for (`for`), learnt the same way. A node sends a neighbour nothing but hellos until it
+knows the neighbour's session (its frames wait, at most `PENDING`, and a challenge goes
+out), and drops a frame that names another session than its own as "not for this launch".
+So a frame a neighbour sent this node's previous launch (after its last checkpoint, so that
+its sequence number is above the restored floor) cannot be replayed to it after a restart;
+the node challenges the sender instead, which then learns the new session.
 """
 
 from __future__ import annotations
@@ -174,20 +182,44 @@ class NetNode:
         self.pending: dict[int, deque[Message]] = {}  # frames of senders not yet answered
         self.challenged: dict[int, float] = {}  # sender -> when we last asked (no answer yet)
         self.answered: dict[int, int] = {}  # sender -> seq of the answer that set its session
+        self.outbox: dict[int, deque[Message]] = {}  # frames for nodes not yet answered
         self._hellos: set[asyncio.Task] = set()  # answers and challenges on their way
 
     # sending ---------------------------------------------------------------------------
     async def send(self, dest: int, msg: Message) -> bool:
-        """Send one message; False (counted) when the destination cannot be reached."""
+        """Send one message; False (counted) when the destination cannot be reached. A
+        message for a node whose session is not known yet waits until it answers."""
+        meta = {**msg.meta, "to": dest, "session": self.session}
+        if msg.kind != "hello":
+            if dest not in self.sessions:
+                return await self._hold(dest, msg)
+            meta["for"] = self.sessions[dest]
         self._seq = max(self._seq + 1, now_us())
-        msg = dataclasses.replace(msg, meta={**msg.meta, "seq": self._seq, "to": dest,
-                                             "session": self.session})
+        msg = dataclasses.replace(msg, meta={**meta, "seq": self._seq})
         try:
             await self.transport.send(dest, encode(msg, secret=self.secret, signer=self.keys))
             return True
         except TransportError:
             self.send_failures += 1
             return False
+
+    async def _hold(self, dest: int, msg: Message) -> bool:
+        """Keep `msg` until `dest` answers a challenge (sent now, unless one went out less
+        than RECHALLENGE_S ago); False, and nothing kept, when `dest` cannot be reached."""
+        waiting = self.outbox.setdefault(dest, deque())
+        if len(waiting) == PENDING:
+            waiting.popleft()
+            self.send_failures += 1
+        waiting.append(msg)
+        last = self.challenged.get(dest)
+        if last is not None and time.monotonic() - last <= RECHALLENGE_S:
+            return True
+        self.challenged[dest] = time.monotonic()
+        if await self.send(dest, self._hello(self.round)):
+            return True
+        with contextlib.suppress(ValueError):
+            waiting.remove(msg)
+        return False
 
     async def send_all(self, outbox: list[tuple[int, Message]]) -> set[int]:
         """Send concurrently; returns the destinations that could not be reached."""
@@ -239,6 +271,12 @@ class NetNode:
             if session != self.sessions.get(sender):  # first contact, a restart or a replay:
                 self._challenge(sender, again=True)  # ask for proof
             return []
+        if msg.meta.get("for") != self.session:
+            # sent to an earlier launch of this node (or replayed from one): never delivered;
+            # the sender is challenged, so that it learns this launch's session
+            self.rejected["not for this launch"] += 1
+            self._challenge(sender)
+            return []
         if session == self.sessions.get(sender):
             return [msg]
         # an unknown sender, a restart whose hello we missed, or a replay: the frame waits
@@ -257,6 +295,8 @@ class NetNode:
         self.sessions[sender] = session
         self.answered[sender] = answer.meta["seq"]
         self.challenged.pop(sender, None)
+        for m in self.outbox.pop(sender, ()):  # what we held for it goes out now
+            self._post(sender, m)
         ready = [answer]
         for m in self.pending.pop(sender, ()):
             if m.meta["session"] == session:
