@@ -46,11 +46,15 @@ def test_krum_scores_and_multi_krum_drop_the_outlier():
 def test_clipped_gossip_fixed_and_auto_radius():
     x = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
     np.testing.assert_allclose(clipped_gossip(x, None, 1.0), [0.2, 0.6])
-    # auto: tau = the lower median of the distances (1, 5) = 1
-    np.testing.assert_allclose(clipped_gossip(x, None, None), [0.2, 0.6])
-    # three neighbours at 1, 2 and 10: tau = 2
-    y = np.array([[0.0], [1.0], [2.0], [10.0]])
+    # auto: tau = the lower median of the distances (1, 5) = 1; 5 is beyond 4 radii
+    np.testing.assert_allclose(clipped_gossip(x, None, None), [0.0, 1 / 3])
+    # three neighbours at 1, 2 and 7: tau = 2, the farthest is clipped to it
+    y = np.array([[0.0], [1.0], [2.0], [7.0]])
     np.testing.assert_allclose(clipped_gossip(y, None, None), [(1 + 2 + 2) / 4])
+    # at 10 (beyond 4 radii) it is left out: its share stays home; a fixed radius only clips
+    y[3] = 10.0
+    np.testing.assert_allclose(clipped_gossip(y, None, None), [(1 + 2) / 4])
+    np.testing.assert_allclose(clipped_gossip(y, None, 2.0), [(1 + 2 + 2) / 4])
     # weights: row 0 keeps its share; a neighbour within the radius is not clipped
     np.testing.assert_allclose(clipped_gossip(x, [2, 1, 1], 10.0), [0.75, 1.25])
 
@@ -126,8 +130,28 @@ def test_attacks_forge_what_they_send():
     np.testing.assert_array_equal(Attack("signflip").flip_labels(np.array([0, 1]), 4), [0, 1])
 
 
+def test_a_silent_attacker_takes_models_in_but_never_sends_one():
+    from gossipser.gossip.peer import Peer
+
+    def peer(pid: int, attack: Attack | None) -> Peer:
+        return Peer(pid=pid, neighbours=[1 - pid], algorithm="dpsgd",
+                    params={"w": np.full(2, float(pid), np.float32)}, samples=1, run="r",
+                    rng=np.random.default_rng(pid), mix_row={0: 0.5, 1: 0.5}, attack=attack)
+
+    honest, silent = peer(0, None), peer(1, parse_attack("silent"))
+    for p in (honest, silent):
+        p.begin_round(1)
+    assert silent.outgoing() == [] and len(honest.outgoing()) == 1
+    for dest, msg in honest.outgoing():
+        silent.receive(msg)
+    for p in (honest, silent):
+        p.end_round()
+    np.testing.assert_array_equal(silent.params["w"], [0.5, 0.5])  # it mixed ours in
+    np.testing.assert_array_equal(honest.params["w"], [0.0, 0.0])  # its weight stayed home
+
+
 @pytest.mark.parametrize("spec", ["flip", "scale", "scale:x", "gaussian:0", "stale:1",
-                                  "scale:inf"])
+                                  "scale:inf", "silent:1"])
 def test_parse_attack_rejects_bad_specs(spec):
     with pytest.raises(ConfigError):
         parse_attack(spec)

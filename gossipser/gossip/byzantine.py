@@ -24,8 +24,8 @@ import numpy as np
 from gossipser.errors import ConfigError
 from gossipser.gossip.mixing import Params
 
-ATTACKS = ("signflip", "scale", "gaussian", "labelflip", "stale")
-ATTACK_HELP = "signflip, scale:X, gaussian:S, labelflip or stale"
+ATTACKS = ("signflip", "scale", "gaussian", "labelflip", "stale", "silent")
+ATTACK_HELP = "signflip, scale:X, gaussian:S, labelflip, stale or silent"
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,14 @@ class Attack:
 
     def __str__(self) -> str:
         return self.name if self.arg is None else f"{self.name}:{self.arg:g}"
+
+    @property
+    def sends(self) -> bool:
+        """False for `silent`: the peer joins and takes in its neighbours' models but never
+        sends one (a free rider, or a peer lost from the start). Its neighbours lose its data
+        and nothing else, which makes it the reference that tells an attack's damage from
+        the share of the data the attackers hold."""
+        return self.name != "silent"
 
     def forge(self, params: Params, *, initial: Params, rng: np.random.Generator) -> Params:
         """What this attacker sends in place of `params` (its honest model of the moment)."""
@@ -65,7 +73,7 @@ def parse_attack(spec: str | None) -> Attack | None:
         return None
     name, _, arg = spec.strip().lower().partition(":")
     bad = ConfigError(f"attack {spec!r}: expected {ATTACK_HELP}")
-    if name in ("signflip", "labelflip", "stale"):
+    if name in ("signflip", "labelflip", "stale", "silent"):
         if arg:
             raise bad
         return Attack(name)

@@ -137,6 +137,8 @@ class Peer:
         """A Byzantine peer's messages carry its attack's model instead of its own."""
         if self.attack is None:
             return outbox
+        if not self.attack.sends:
+            return []
         return [(j, dataclasses.replace(m, params=self.attack.forge(
                     m.params, initial=self._initial, rng=self.rng)) if m.params else m)
                 for j, m in outbox]

@@ -13,7 +13,11 @@ returns one merged row:
     clip:TAU         ClippedGossip (He, Karimireddy & Jaggi 2022): x_own + sum_j w_j
                      CLIP(x_j - x_own, TAU), where CLIP scales a difference down to norm TAU;
                      clip:auto takes TAU per merge as the lower median of the neighbours'
-                     distances (an honest neighbour's distance while at most half attack)
+                     distances (an honest neighbour's distance while at most half attack),
+                     and leaves out a neighbour farther than REJECT x TAU (its weight stays
+                     home, as for a lost message): a crude attacker (sign flip, scaling)
+                     then has no pull at all, instead of TAU x its weight every round, and
+                     one that keeps within the bound has no more pull than under the clip
 
 When fewer rows arrive than a rule needs (a neighbour's message was lost), the rule does what
 the rows allow: K and F shrink to the largest value that still leaves an honest majority.
@@ -33,6 +37,7 @@ from gossipser.errors import ConfigError
 from gossipser.gossip.mixing import Params
 
 RULES = ("trimmed-mean", "median", "krum", "clip")
+REJECT = 4.0  # clip:auto: a neighbour farther than this many radii is left out
 SPEC_HELP = "none, trimmed-mean:K, median, krum:F, clip:TAU or clip:auto"
 
 
@@ -147,7 +152,8 @@ def clip_to(z: np.ndarray, tau: float) -> np.ndarray:
 def clipped_gossip(stacked: np.ndarray, weights: Sequence[float] | None,
                    tau: float | None) -> np.ndarray:
     """x_0 + sum_{j>0} w_j CLIP(x_j - x_0, tau), w normalised to sum to 1 over all rows (row 0
-    keeps its own share); tau None: the lower median of the distances ||x_j - x_0||."""
+    keeps its own share); tau None: the lower median of the distances ||x_j - x_0||, and a
+    row farther than REJECT x tau contributes nothing (its share stays with row 0)."""
     x = _rows(stacked)
     n = x.shape[0]
     w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -155,12 +161,15 @@ def clipped_gossip(stacked: np.ndarray, weights: Sequence[float] | None,
         raise ValueError(f"clipped_gossip: need one non-negative weight per row, got {w}")
     w = w / w.sum()
     diffs = x[1:] - x[0]
+    dist = np.linalg.norm(diffs, axis=1)
+    limit = math.inf
     if tau is None:  # the lower median: an honest neighbour's distance while at most half
-        dist = np.sort(np.linalg.norm(diffs, axis=1))  # of the neighbours attack
-        tau = float(dist[(len(dist) - 1) // 2]) if n > 1 else 0.0
+        tau = float(np.sort(dist)[(len(dist) - 1) // 2]) if n > 1 else 0.0  # of them attack
+        limit = REJECT * tau
     out = x[0].copy()
-    for wj, z in zip(w[1:], diffs, strict=True):
-        out += wj * clip_to(z, tau)
+    for wj, z, d in zip(w[1:], diffs, dist, strict=True):
+        if d <= limit:
+            out += wj * clip_to(z, tau)
     return out.reshape(np.shape(stacked)[1:])
 
 
