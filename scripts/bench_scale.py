@@ -13,7 +13,7 @@ warms up, the last one's evaluation is left out):
   marginal memory of one more peer between successive counts.
 
 A process holding more than `PARK_ABOVE` peers keeps no torch module per peer: between jobs a
-peer is its shard and its optimiser state as arrays (`gossipser.learn.pool._Trainers`).
+peer is its shard and its optimiser state as arrays (`gossipser.learn.trainers._Trainers`).
 
 Run: .venv/bin/python scripts/bench_scale.py --peers 100,1000,5000 --model dnn|cnn
      [--rounds 3] [--per-peer 6] [--workers 2] [--cache-dir DIR]
@@ -37,8 +37,9 @@ from gossipser.data.features import default_cache_dir
 from gossipser.gossip.events import RoundFinished, RunStarted
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.learn.models import ModelConfig
-from gossipser.learn.pool import PARK_ABOVE, ProcessPool
+from gossipser.learn.pool import ProcessPool
 from gossipser.learn.train import TrainConfig
+from gossipser.learn.trainers import PARK_ABOVE
 from gossipser.sim.simulator import Simulator
 
 

@@ -30,8 +30,9 @@ from gossipser.gossip.events import RoundFinished, RunStarted
 from gossipser.gossip.mixing import copy_params
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.learn.models import ModelConfig, build_model
-from gossipser.learn.pool import ProcessPool, TrainJob, TrainResult
+from gossipser.learn.pool import ProcessPool
 from gossipser.learn.train import LocalTrainer, TrainConfig
+from gossipser.learn.trainers import TrainJob, TrainResult
 from gossipser.sim.simulator import Simulator
 
 SPEAKERS = 8  # spk08 is the test speaker

@@ -422,3 +422,20 @@ def test_synth_with_an_unknown_emotion_is_one_error_line(
     # Assert
     assert rc == 2
     assert "'grumpy'" in _error_line(capsys.readouterr().err)
+
+
+def test_simulate_starts_its_workers_before_torch_is_imported():
+    from gossipser.learn.workers import planned_workers
+
+    # what `main` imports before it starts them must not pull torch in
+    code = ("import sys, gossipser.cli.main, gossipser.config, gossipser.learn.workers; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert planned_workers(None, None, {}) == 2
+    assert planned_workers(None, None, {"gossip": {"workers": 3}}) == 3
+    assert planned_workers(4, None, {"gossip": {"workers": 3}}) == 4  # the flag wins
+    assert planned_workers(None, "ray", {}) == 0
+    assert planned_workers(None, None, {"gossip": {"backend": "ray"}}) == 0
+    assert planned_workers(1, None, {}) == 0
+    assert planned_workers(None, None, {"gossip": {"workers": "two"}}) == 0

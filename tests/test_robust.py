@@ -142,7 +142,7 @@ def test_a_silent_attacker_takes_models_in_but_never_sends_one():
     for p in (honest, silent):
         p.begin_round(1)
     assert silent.outgoing() == [] and len(honest.outgoing()) == 1
-    for dest, msg in honest.outgoing():
+    for _dest, msg in honest.outgoing():
         silent.receive(msg)
     for p in (honest, silent):
         p.end_round()

@@ -26,8 +26,9 @@ from gossipser.gossip.mixing import combine, slem
 from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
 from gossipser.gossip.wire import encode
 from gossipser.learn.models import ModelConfig, get_state
-from gossipser.learn.pool import PARK_ABOVE, ProcessPool, SerialPool, Shard, TrainJob, _Trainers
+from gossipser.learn.pool import ProcessPool, SerialPool
 from gossipser.learn.train import TrainConfig
+from gossipser.learn.trainers import PARK_ABOVE, Shard, TrainJob, _Trainers
 from gossipser.sim.simulator import (
     CSV_COLUMNS,
     SIM_SECRET,

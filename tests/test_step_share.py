@@ -12,8 +12,9 @@ from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.errors import ConfigError
 from gossipser.gossip.plan import GossipConfig, plan_run, setup_from_plan, setup_run
 from gossipser.learn.models import ModelConfig
-from gossipser.learn.pool import SerialPool, TrainJob
+from gossipser.learn.pool import SerialPool
 from gossipser.learn.train import TrainConfig
+from gossipser.learn.trainers import TrainJob
 from gossipser.sim.simulator import Simulator
 
 MODEL = ModelConfig(kind="dnn", width=8)

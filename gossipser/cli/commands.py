@@ -304,15 +304,15 @@ def gossip_config(args: Any, doc: dict):
 
 
 def cmd_simulate(args: Any) -> int:
-    from gossipser.learn.pool import WorkerProcesses
+    from gossipser.learn.workers import planned_workers, workers_for
 
     console = make_console()
     doc = read_toml(args.config)
     features, model_cfg, train_cfg = run_configs(args, doc)
     gcfg = gossip_config(args, doc)
     # the training processes import torch while this one loads the corpus and plans the run
-    started = (WorkerProcesses(gcfg.workers)
-               if gcfg.workers > 1 and gcfg.backend == "process" else None)
+    started = workers_for(getattr(args, "workers_started", None),
+                          planned_workers(gcfg.workers, gcfg.backend, {}))
     try:
         return _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
     finally:

@@ -249,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started.mark()
     args = build_parser().parse_args(argv)
+    early = _start_workers(args)
     try:
         import torch
 
@@ -262,6 +263,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error_line("interrupted")
         return 130
+    finally:
+        if early is not None:
+            early.close(now=True)  # still ours only when the run never started
+
+
+def _start_workers(args: argparse.Namespace):
+    """`simulate`: start its training processes now, before this process imports torch, so
+    that their imports run beside ours and the corpus reading (`args.workers_started`)."""
+    if args.command != "simulate":
+        return None
+    from gossipser.config import read_toml
+    from gossipser.learn.workers import WorkerProcesses, planned_workers
+
+    try:
+        n = planned_workers(args.workers, args.backend, read_toml(args.config))
+    except GossipserError:  # the command says what is wrong with the config
+        return None
+    args.workers_started = WorkerProcesses(n) if n else None
+    return args.workers_started
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.topology import build_topology
 from gossipser.learn.modelio import n_inputs
 from gossipser.learn.models import ModelConfig, build_model, get_state
-from gossipser.learn.pool import PoolSpec, Shard
 from gossipser.learn.train import TrainConfig, speaker_groups, steps_per_epoch
+from gossipser.learn.trainers import PoolSpec, Shard
+from gossipser.learn.workers import DEFAULT_WORKERS
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class GossipConfig:
     stragglers: float = 0.0  # probability that a peer does only 10-50% of its local steps
     fraction: float = 1.0  # FedAvg: share of clients asked to train each round
     eval_every: int = 1
-    workers: int = 2  # simulator training processes (or Ray actors)
+    workers: int = DEFAULT_WORKERS  # simulator training processes (or Ray actors)
     # simulator: where trainers live: "process" (a local process pool) or "ray" (Ray actors,
     # locally or on the cluster at ray_address, HOST:PORT)
     backend: str = "process"

@@ -14,18 +14,9 @@ from collections.abc import Sequence
 
 from gossipser.errors import ConfigError, GossipserError
 from gossipser.learn.metrics import Scores
-from gossipser.learn.pool import (
-    Params,
-    PoolSpec,
-    Shard,
-    TrainJob,
-    TrainResult,
-    WorkerProcesses,
-    _Trainers,
-    jobs_by_worker,
-    make_pool,
-    states_by_worker,
-)
+from gossipser.learn.pool import jobs_by_worker, make_pool, states_by_worker
+from gossipser.learn.trainers import Params, PoolSpec, Shard, TrainJob, TrainResult, _Trainers
+from gossipser.learn.workers import WorkerProcesses
 
 
 class _Worker:

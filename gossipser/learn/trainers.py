@@ -1,0 +1,131 @@
+"""What a pool holds and runs: peers' shards, their trainers, and the jobs they are given.
+
+`_Trainers` is the torch side of every pool (in this process, in a worker process or in a
+Ray actor); the data classes are what travels between a pool and its workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gossipser.learn.metrics import Scores
+from gossipser.learn.models import ModelConfig, build_model, get_state, set_state
+from gossipser.learn.train import LocalTrainer, TrainConfig, evaluate, steps_per_epoch
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One peer's private training data and its trainer seed."""
+
+    peer: int
+    x: np.ndarray
+    y: np.ndarray
+    seed: int
+    planned_steps: int | None = None  # optimiser steps over the run (DP-SGD calibrates to it)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    model: ModelConfig
+    train: TrainConfig
+    n_inputs: int
+    n_classes: int
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_groups: np.ndarray | None = None  # speaker per test row: BatchNorm by speaker
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    peer: int
+    params: Params
+    steps: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    peer: int
+    params: Params
+    loss: float
+    steps: int
+    samples: int = 0  # examples the optimiser saw in these steps
+    epsilon: float | None = None  # DP-SGD: privacy spent by the peer so far (None: off)
+    noise: float | None = None  # DP-SGD noise multiplier
+    seconds: float = 0.0  # wall time of the optimiser steps alone (bench_scale: overhead)
+
+
+PARK_ABOVE = 32  # a process holding more peers than this keeps their trainers parked
+
+
+class _Trainers:
+    """The trainers of a set of shards plus one evaluation model (used in every pool).
+
+    Live (up to `PARK_ABOVE` peers, or `park=False`): one `LocalTrainer` (torch module, Adam)
+    per peer, kept between rounds. Parked (more peers, as when a simulation holds thousands):
+    between rounds a peer is only its shard and its trainer's state (Adam's moment tensors,
+    the step count, RNG states: what a checkpoint holds); a job unparks it into one module the
+    process shares, trains, and parks it again. Both give the same weights.
+    """
+
+    def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *,
+                 park: bool | None = None) -> None:
+        self.spec = spec
+        self.shards = {s.peer: s for s in shards}
+        self.park = len(self.shards) > PARK_ABOVE if park is None else park
+        self.parked: dict[int, dict] = {}  # LocalTrainer.park(): tensors, no module
+        self._module: torch.nn.Module | None = None  # parked peers train in this one
+        self.trainers = {} if self.park else {s.peer: self._trainer(s) for s in shards}
+        self.eval_model = self._build()
+
+    def _build(self, seed: int = 0) -> torch.nn.Module:
+        return build_model(self.spec.model, n_features=self.spec.n_inputs,
+                           n_classes=self.spec.n_classes, seed=seed)
+
+    def _trainer(self, s: Shard, model: torch.nn.Module | None = None) -> LocalTrainer:
+        return LocalTrainer(model=model if model is not None else self._build(s.seed),
+                            x=s.x, y=s.y, n_classes=self.spec.n_classes, cfg=self.spec.train,
+                            seed=s.seed, planned_steps=s.planned_steps)
+
+    def _unpark(self, peer: int) -> LocalTrainer:
+        """Peer `peer`'s trainer in the shared module, in the state it was parked in (a fresh
+        one at its first job). DP-SGD wraps its module for per-sample gradients, so each
+        private trainer gets a module of its own."""
+        if self.spec.train.dp is not None:
+            model = self._build()
+        else:
+            if self._module is None:
+                self._module = self._build()
+            model = self._module
+        t = self._trainer(self.shards[peer], model)
+        parked = self.parked.get(peer)
+        if parked is not None:
+            t.unpark(parked)
+        return t
+
+    def steps_per_epoch(self) -> dict[int, int]:
+        return {p: steps_per_epoch(len(s.y), self.spec.train.batch_size)
+                for p, s in self.shards.items()}
+
+    def train(self, job: TrainJob) -> TrainResult:
+        t = self._unpark(job.peer) if self.park else self.trainers[job.peer]
+        set_state(t.model, job.params)
+        before, t0 = t.samples_done, time.perf_counter()
+        loss = t.train_steps(job.steps)
+        seconds = time.perf_counter() - t0
+        if self.park:
+            self.parked[job.peer] = t.park()
+        return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps,
+                           samples=t.samples_done - before, epsilon=t.epsilon,
+                           noise=t.noise, seconds=seconds)
+
+    def evaluate(self, params: Params) -> Scores:
+        set_state(self.eval_model, params)
+        return evaluate(self.eval_model, self.spec.test_x, self.spec.test_y, self.spec.n_classes,
+                        groups=self.spec.test_groups)
