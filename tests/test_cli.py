@@ -429,7 +429,8 @@ def test_simulate_starts_its_workers_before_torch_is_imported():
 
     # what `main` imports before it starts them must not pull torch in
     code = ("import sys, gossipser.cli.main, gossipser.config, gossipser.learn.workers; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+            "heavy = {'torch', 'numpy', 'networkx'} & set(sys.modules); "
+            "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert planned_workers(None, None, {}) == 2
@@ -439,3 +440,10 @@ def test_simulate_starts_its_workers_before_torch_is_imported():
     assert planned_workers(None, None, {"gossip": {"backend": "ray"}}) == 0
     assert planned_workers(1, None, {}) == 0
     assert planned_workers(None, None, {"gossip": {"workers": "two"}}) == 0
+
+
+def test_the_command_line_lists_every_registered_algorithm():
+    from gossipser.cli.main import ALGORITHMS as listed
+    from gossipser.gossip.algorithms import ALGORITHMS
+
+    assert listed == ALGORITHMS

@@ -8,8 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from gossipser.errors import GossipserError
-from gossipser.gossip.algorithms import ALGORITHMS
-from gossipser.ui.report import error_line
+
+# the registry's names (gossipser.gossip.algorithms.ALGORITHMS; a test keeps them equal),
+# written out so that parsing the command line imports neither numpy nor networkx and
+# `simulate` can start its training processes first thing
+ALGORITHMS = ("dpsgd", "fedavg", "gossip-learning", "gradient-tracking", "local", "pairwise",
+              "push-sum")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -258,9 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
         return int(dispatch(args) or 0)
     except GossipserError as exc:
+        from gossipser.ui.report import error_line
+
         error_line(str(exc))
         return 2
     except KeyboardInterrupt:
+        from gossipser.ui.report import error_line
+
         error_line("interrupted")
         return 130
     finally:
