@@ -247,6 +247,7 @@ async def test_nothing_but_a_hello_goes_to_a_node_whose_session_is_unknown(pair:
     lonely = await pair.launch(1)  # node 0 is not up: unreachable, and nothing is held
     assert not await lonely.send(0, pair.model(1))
     assert not lonely.outbox.get(0)
+    assert not await lonely.send(0, pair.model(1, round_=2))  # tried again, not assumed held
 
 
 async def test_a_frame_sent_to_a_previous_launch_cannot_be_replayed_after_a_restart(

@@ -217,6 +217,7 @@ class NetNode:
         self.challenged[dest] = time.monotonic()
         if await self.send(dest, self._hello(self.round)):
             return True
+        self.challenged.pop(dest, None)  # down: the next message tries again at once
         with contextlib.suppress(ValueError):
             waiting.remove(msg)
         return False
