@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gossipser.errors import ConfigError
+from gossipser.errors import ConfigError, TransportError
 from gossipser.gossip.message import Message, ModelSpec
 from gossipser.gossip.wire import decode, encode
 from gossipser.net.node import REPLAY_WINDOW_US, NetNode, ReplayGuard
@@ -250,6 +250,19 @@ async def test_nothing_but_a_hello_goes_to_a_node_whose_session_is_unknown(pair:
     assert not await lonely.send(0, pair.model(1, round_=2))  # tried again, not assumed held
 
 
+async def test_messages_sent_while_a_challenge_is_retried_all_learn_it_failed(pair: Pair):
+    node = await pair.launch(1)
+
+    async def slow_failure(dest: int, frame: bytes) -> None:  # TCP retrying a dead peer
+        await asyncio.sleep(0.1)
+        raise TransportError("connection refused")
+
+    node.transport.send = slow_failure
+    sent = await asyncio.gather(node.send(0, pair.model(1)), node.send(0, pair.model(1, 2)))
+    assert sent == [False, False] and not node.outbox.get(0)
+    assert 0 not in node.challenged  # the next message asks again at once
+
+
 async def test_a_frame_sent_to_a_previous_launch_cannot_be_replayed_after_a_restart(
         pair: Pair):
     first = await pair.launch(0)
@@ -268,13 +281,37 @@ async def test_a_frame_sent_to_a_previous_launch_cannot_be_replayed_after_a_rest
     second = await pair.launch(0)
     await second.transport.incoming().put(kept[0])
     await pair.settle()
-    assert pair.got[0] == [] and second.rejected == Counter({"not for this launch": 1})
-    # the replay made node 0 challenge node 1, which learnt the new session from it
+    assert second.rejected == Counter({"not for this launch": 1})
+    # the replay made node 0 challenge node 1, which learnt the new session from it and sent
+    # its latest message again: a new frame (its own number, this launch's session)
     assert sender.sessions[0] == second.session != first.session
+    (again,) = pair.got[0]
+    assert again.round == 5 and again.meta["for"] == second.session
+    assert again.meta["seq"] > decode(kept[0], secret=b"s").meta["seq"]
     await sender.send(0, pair.model(1, round_=6))
     await pair.settle()
-    assert [m.round for m in pair.got[0]] == [6]
+    assert [m.round for m in pair.got[0]] == [5, 6]
     assert second.rejected == Counter({"not for this launch": 1})
+
+
+async def test_frames_sent_across_a_restart_reach_the_new_launch(pair: Pair):
+    first = await pair.launch(0)
+    sender = await pair.launch(1)
+    assert await sender.handshake([0], round_=1, timeout=5) == set()
+    await pair.settle()
+    # node 0 crashes; node 1's message of round 3 goes to the old launch and is lost
+    await pair.stop(0)
+    pair.hub.detach(0)
+    assert not await sender.send(0, pair.model(1, round_=3))
+    second = await pair.launch(0)
+    second.round = 3  # resumed from its checkpoint at round 3
+    # its hello tells node 1 that it restarted: node 1 forgets the old session at once, so
+    # what it sends meanwhile waits for the answer instead of naming the old launch
+    assert await second.handshake([1], round_=3, timeout=5) == set()
+    await sender.send(0, pair.model(1, round_=4))
+    await pair.settle()
+    assert [m.round for m in pair.got[0]] == [3, 4]  # round 3 sent again, then round 4
+    assert second.rejected == Counter() and first.session != second.session
 
 
 async def test_a_replayed_hello_cannot_set_a_session_and_a_restart_is_learnt(pair: Pair):

@@ -38,7 +38,13 @@ knows the neighbour's session (its frames wait, at most `PENDING`, and a challen
 out), and drops a frame that names another session than its own as "not for this launch".
 So a frame a neighbour sent this node's previous launch (after its last checkpoint, so that
 its sequence number is above the restored floor) cannot be replayed to it after a restart;
-the node challenges the sender instead, which then learns the new session.
+the node challenges the sender instead, which then learns the new session. A node that hears
+a hello from a neighbour's new session (newer than the answer that set the old one) stops
+naming the old one at once, so what it sends meanwhile waits for the answer; once the
+answer is in, its held frames go out in order, preceded by the latest message it sent that
+neighbour when that message is for the round the neighbour resumed at or later (the earlier
+launch may have lost it; it goes as a new frame, and the peer logic ignores a round's
+duplicate). Frames still on their way when a node closes get `grace` seconds to go out.
 """
 
 from __future__ import annotations
@@ -183,12 +189,25 @@ class NetNode:
         self.challenged: dict[int, float] = {}  # sender -> when we last asked (no answer yet)
         self.answered: dict[int, int] = {}  # sender -> seq of the answer that set its session
         self.outbox: dict[int, deque[Message]] = {}  # frames for nodes not yet answered
+        self.last_sent: dict[int, Message] = {}  # the latest message for each node
+        self.restarted: set[int] = set()  # nodes that said hello from a new session
+        self.asking: dict[int, asyncio.Task] = {}  # a challenge on its way, per node
+        self.flushing: dict[int, asyncio.Task] = {}  # held frames going out, per node
         self._hellos: set[asyncio.Task] = set()  # answers and challenges on their way
 
     # sending ---------------------------------------------------------------------------
     async def send(self, dest: int, msg: Message) -> bool:
         """Send one message; False (counted) when the destination cannot be reached. A
-        message for a node whose session is not known yet waits until it answers."""
+        message for a node whose session is not known yet waits until it answers, and one
+        for a node whose held frames are going out goes after them."""
+        if msg.kind != "hello":
+            self.last_sent[dest] = msg
+            flush = self.flushing.get(dest)
+            if flush is not None and not flush.done():
+                await asyncio.shield(flush)
+        return await self._transmit(dest, msg)
+
+    async def _transmit(self, dest: int, msg: Message) -> bool:
         meta = {**msg.meta, "to": dest, "session": self.session}
         if msg.kind != "hello":
             if dest not in self.sessions:
@@ -204,20 +223,17 @@ class NetNode:
             return False
 
     async def _hold(self, dest: int, msg: Message) -> bool:
-        """Keep `msg` until `dest` answers a challenge (sent now, unless one went out less
-        than RECHALLENGE_S ago); False, and nothing kept, when `dest` cannot be reached."""
+        """Keep `msg` until `dest` answers a challenge (the one on its way, or one sent now
+        unless the last went out less than RECHALLENGE_S ago); False, and nothing kept, when
+        the challenge could not be sent and `dest` has not answered meanwhile."""
         waiting = self.outbox.setdefault(dest, deque())
         if len(waiting) == PENDING:
             waiting.popleft()
             self.send_failures += 1
         waiting.append(msg)
-        last = self.challenged.get(dest)
-        if last is not None and time.monotonic() - last <= RECHALLENGE_S:
+        task = self._challenge(dest)
+        if task is None or await asyncio.shield(task) or dest in self.sessions:
             return True
-        self.challenged[dest] = time.monotonic()
-        if await self.send(dest, self._hello(self.round)):
-            return True
-        self.challenged.pop(dest, None)  # down: the next message tries again at once
         with contextlib.suppress(ValueError):
             waiting.remove(msg)
         return False
@@ -270,6 +286,11 @@ class NetNode:
                 return self._learnt(sender, session, msg)
             self._post(sender, self._hello(self.round, ack=1, echo=session))
             if session != self.sessions.get(sender):  # first contact, a restart or a replay:
+                if sender in self.sessions and msg.meta["seq"] > self.answered[sender]:
+                    # newer than the answer that set the session: the sender restarted, so
+                    # frames for it wait for its answer instead of naming its old session
+                    del self.sessions[sender]
+                    self.restarted.add(sender)
                 self._challenge(sender, again=True)  # ask for proof
             return []
         if msg.meta.get("for") != self.session:
@@ -292,12 +313,23 @@ class NetNode:
 
     def _learnt(self, sender: int, session: int, answer: Message) -> list[Message]:
         """`sender` answered our challenge: its session is known; its waiting frames of that
-        session go through with the answer, the others are foreign."""
+        session go through with the answer, the others are foreign. What we held for it goes
+        out; after a restart, so does the latest message we sent it, unless it is for a round
+        before the one it resumed at (the earlier launch may have dropped or lost it; a
+        duplicate of a round's message is ignored by the peer logic)."""
+        restarted = (sender in self.restarted
+                     or self.sessions.get(sender, session) != session)
+        self.restarted.discard(sender)
         self.sessions[sender] = session
         self.answered[sender] = answer.meta["seq"]
         self.challenged.pop(sender, None)
-        for m in self.outbox.pop(sender, ()):  # what we held for it goes out now
-            self._post(sender, m)
+        held = list(self.outbox.pop(sender, ()))
+        last = self.last_sent.get(sender)
+        if (restarted and last is not None and last.round >= answer.round
+                and not any(m is last for m in held)):
+            held.insert(0, last)
+        if held:
+            self.flushing[sender] = self._post(sender, held)
         ready = [answer]
         for m in self.pending.pop(sender, ()):
             if m.meta["session"] == session:
@@ -306,26 +338,44 @@ class NetNode:
                 self.rejected["foreign session"] += 1
         return ready
 
-    def _challenge(self, dest: int, again: bool = False) -> None:
-        """Ask `dest` for its session, unless a challenge went out less than RECHALLENGE_S
-        ago (a lost challenge or answer is repaired by the next frame)."""
+    def _challenge(self, dest: int, again: bool = False) -> asyncio.Task | None:
+        """Ask `dest` for its session in the background, unless a challenge is on its way or
+        went out less than RECHALLENGE_S ago (a lost challenge or answer is repaired by the
+        next frame); returns the challenge on its way (its result: whether it was sent)."""
+        task = self.asking.get(dest)
+        if task is not None and not task.done():
+            return task
         last = self.challenged.get(dest)
-        if again or last is None or time.monotonic() - last > RECHALLENGE_S:
-            self.challenged[dest] = time.monotonic()
-            self._post(dest, self._hello(self.round))
+        if not (again or last is None or time.monotonic() - last > RECHALLENGE_S):
+            return None
+        self.challenged[dest] = time.monotonic()
+        task = self.asking[dest] = self._post(dest, self._hello(self.round))
+        # one that could not be sent is forgotten: the next message tries again at once
+        task.add_done_callback(
+            lambda t, dest=dest: None if t.cancelled() or t.result()
+            else self.challenged.pop(dest, None))
+        return task
 
-    async def close(self) -> None:
-        """Cancel the hellos still on their way (the transport is closing)."""
+    async def _in_order(self, dest: int, msgs: list[Message]) -> bool:
+        return all([await self._transmit(dest, m) for m in msgs])
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Let the frames still on their way (hellos, held frames let go) go out for at most
+        `grace` seconds, then cancel them (the transport is closing)."""
+        if self._hellos:
+            await asyncio.wait(set(self._hellos), timeout=grace)
         for task in list(self._hellos):
             task.cancel()
         await asyncio.gather(*self._hellos, return_exceptions=True)
 
-    def _post(self, dest: int, msg: Message) -> None:
-        """Send a hello in the background: a neighbour that is down must not stall the
-        receiving of everyone else's frames for a send timeout."""
-        task = asyncio.create_task(self.send(dest, msg))
+    def _post(self, dest: int, msg: Message | list[Message]) -> asyncio.Task:
+        """Send in the background (a list: in order): a neighbour that is down must not
+        stall the receiving of everyone else's frames for a send timeout."""
+        task = asyncio.create_task(self._transmit(dest, msg) if isinstance(msg, Message)
+                                   else self._in_order(dest, msg))
         self._hellos.add(task)
         task.add_done_callback(self._hellos.discard)
+        return task
 
     async def receive_loop(self) -> None:
         """Until cancelled: decode, check and hand over every frame that arrives."""
