@@ -13,6 +13,9 @@ while a node's link is down but the broker stays up, the broker queues its QoS 1
 hands them over on reconnect. A broker restart without persistence loses sessions, retained
 presence and queued frames; nodes re-subscribe and re-announce themselves on reconnect.
 A clean exit unsubscribes the inbox, so the broker stops queuing for a node that left.
+Frames queued for a node that crashed reach its next launch, which drops them (they name the
+session of the launch they were sent to, `gossipser.net.node`); its neighbours send their
+latest message again once the new launch has answered their challenge.
 """
 
 from __future__ import annotations
