@@ -16,7 +16,8 @@ import pytest
 from gossipser.errors import ConfigError, TransportError
 from gossipser.gossip.message import Message, ModelSpec
 from gossipser.gossip.wire import decode, encode
-from gossipser.net.node import REPLAY_WINDOW_US, NetNode, ReplayGuard
+from gossipser.net.node import NetNode
+from gossipser.net.replay import REPLAY_WINDOW_US, ReplayGuard
 from gossipser.net.runtime import Checkpoint, _ahead
 from gossipser.net.transport import MemoryHub, MemoryTransport, TransportConfig
 

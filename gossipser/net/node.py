@@ -6,24 +6,15 @@ non-finite values, a sender that is not a neighbour, a round beyond the run, a r
 stale frame), and answers `hello`s, so that nodes started at different moments find each
 other. It holds no learning logic.
 
-Replay protection: every frame a node sends carries `seq`, a per-sender number that only
-grows and follows the wall clock (microseconds since the epoch, or one more than the last
-when the clock has not moved), inside the authenticated part of the frame. A receiver keeps,
-per sender, the numbers seen within `REPLAY_WINDOW_US` of the highest (frames of one sender
-may overtake each other by that much) and drops a number seen before, one below that window,
-or one older than `max_frame_age` seconds (a frame recorded in an earlier run). The highest
-number per sender is kept across a checkpoint, so a restarted peer cannot be fed old frames.
-Every frame also names its destination (`to`), so a frame sent to one neighbour cannot be
-replayed to another, and its sender's session (`session`, a random number drawn at every
-launch).
-
-Sessions are learnt by challenge and answer, never from a frame alone: a `hello` carries its
-sender's session as a challenge, and the answer (`ack`) echoes it (`echo`). A node takes a
-neighbour's session only from an answer that echoes its own current session, which no frame
-recorded before this launch can do. Until then the neighbour's frames wait (at most
-`PENDING` per neighbour) and a challenge goes out; once the session is known they are
-delivered if they carry it and dropped as "foreign session" if not. So a frame of an earlier
-session (a recorded run, or the neighbour before a restart) is dropped even within
+Sequence numbers against replays are `gossipser.net.replay`'s; every frame also names its
+destination (`to`) and its sender's session (`session`, a random number drawn at every
+launch). Sessions are learnt by challenge and answer, never from a frame alone: a `hello`
+carries its sender's session as a challenge, and the answer (`ack`) echoes it (`echo`). A
+node takes a neighbour's session only from an answer that echoes its own current session,
+which no frame recorded before this launch can do. Until then the neighbour's frames wait
+(at most `PENDING` per neighbour) and a challenge goes out; once the session is known they
+are delivered if they carry it and dropped as "foreign session" if not. So a frame of an
+earlier session (a recorded run, or the neighbour before a restart) is dropped even within
 `max_frame_age` and even when it arrives first. A hello from a neighbour whose session is
 not yet known, or has changed (a restart), is answered and challenged back; a challenge left
 unanswered for `RECHALLENGE_S` is sent again with the sender's next frame, so one lost hello
@@ -62,53 +53,11 @@ from gossipser.config import check_types
 from gossipser.errors import ConfigError, TransportError, WireError
 from gossipser.gossip.message import Message, ModelSpec
 from gossipser.gossip.wire import decode, encode
+from gossipser.net.replay import ReplayGuard, now_us
 
 Handler = Callable[[Message], Awaitable[None]]
-REPLAY_WINDOW_US = 30_000_000  # how far (in sequence numbers: microseconds) frames may reorder
 PENDING = 8  # frames kept per neighbour whose session is not yet known
 RECHALLENGE_S = 1.0  # a challenge left unanswered this long is sent again on the next frame
-
-
-class ReplayGuard:
-    """Per-sender sequence numbers: `check` says why a number must be dropped, or None."""
-
-    def __init__(self, max_age_s: float) -> None:
-        self.max_age_us = int(max_age_s * 1e6)
-        self.highest: dict[int, int] = {}
-        self.seen: dict[int, set[int]] = {}
-        self.floor: dict[int, int] = {}  # restored from a checkpoint: nothing at or below
-
-    def check(self, sender: int, seq: object, now_us: int) -> str | None:
-        if type(seq) is not int:
-            return "no sequence number"
-        high = self.highest.get(sender)
-        seen = self.seen.setdefault(sender, set())
-        if seq in seen or seq <= self.floor.get(sender, -1):
-            return "replayed"
-        if seq < now_us - self.max_age_us:
-            return "stale"
-        if high is not None and seq <= high - REPLAY_WINDOW_US:
-            return "replayed"
-        seen.add(seq)
-        if high is None or seq > high:
-            self.highest[sender] = seq
-            cut = seq - REPLAY_WINDOW_US
-            if len(seen) > 64:
-                self.seen[sender] = {s for s in seen if s > cut}
-        return None
-
-    def state(self) -> dict[str, int]:
-        """What a checkpoint keeps: the highest number per sender."""
-        return {str(k): v for k, v in self.highest.items()}
-
-    def restore(self, state: dict) -> None:
-        for k, v in state.items():
-            self.floor[int(k)] = int(v)
-            self.highest[int(k)] = max(self.highest.get(int(k), 0), int(v))
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)
