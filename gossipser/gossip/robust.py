@@ -143,9 +143,10 @@ def multi_krum(stacked: np.ndarray, f: int) -> np.ndarray:
     return x[np.sort(keep)].mean(axis=0).reshape(np.shape(stacked)[1:])
 
 
-def clip_to(z: np.ndarray, tau: float) -> np.ndarray:
-    """z scaled down to Euclidean norm tau when it is longer (unchanged otherwise)."""
-    norm = float(np.linalg.norm(z))
+def clip_to(z: np.ndarray, tau: float, norm: float | None = None) -> np.ndarray:
+    """z scaled down to Euclidean norm tau when it is longer (unchanged otherwise); `norm`:
+    z's norm when the caller has it already."""
+    norm = float(np.linalg.norm(z)) if norm is None else norm
     return z if norm <= tau or norm == 0.0 else z * (tau / norm)
 
 
@@ -169,7 +170,7 @@ def clipped_gossip(stacked: np.ndarray, weights: Sequence[float] | None,
     out = x[0].copy()
     for wj, z, d in zip(w[1:], diffs, dist, strict=True):
         if d <= limit:
-            out += wj * clip_to(z, tau)
+            out += wj * clip_to(z, tau, float(d))
     return out.reshape(np.shape(stacked)[1:])
 
 
