@@ -28,8 +28,8 @@ import torch
 from rich import box
 from rich.table import Table
 
-from gossipser.cli.commands import gossip_config, load_data, resolve_test_speakers
-from gossipser.cli.options import run_configs
+from gossipser.cli.commands import load_data, resolve_test_speakers
+from gossipser.cli.options import gossip_config, run_configs
 from gossipser.config import read_toml
 from gossipser.data.dataset import speaker_folds, split_by_speakers
 from gossipser.errors import GossipserError

@@ -26,8 +26,8 @@ from bench_learning import script_main, script_parser  # scripts/ is on sys.path
 from rich import box
 from rich.table import Table
 
-from gossipser.cli.commands import gossip_config, load_data, resolve_test_speakers
-from gossipser.cli.options import run_configs
+from gossipser.cli.commands import load_data, resolve_test_speakers
+from gossipser.cli.options import gossip_config, run_configs
 from gossipser.config import read_toml
 from gossipser.gossip.plan import setup_run
 from gossipser.learn.pool import make_pool

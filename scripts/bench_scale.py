@@ -35,10 +35,10 @@ from bench_simulator import SPEAKERS, TimedPool, corpus  # scripts/ is on sys.pa
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.data.features import default_cache_dir
 from gossipser.gossip.events import RoundFinished, RunStarted
-from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
-from gossipser.learn.models import ModelConfig
+from gossipser.gossip.plan import RunSetup, setup_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.learn.pool import ProcessPool
-from gossipser.learn.train import TrainConfig
+from gossipser.learn.settings import ModelConfig, TrainConfig
 from gossipser.learn.trainers import PARK_ABOVE
 from gossipser.sim.simulator import Simulator
 

@@ -28,11 +28,13 @@ from gossipser.data.synth import SynthConfig
 from gossipser.data.synth_corpus import write_corpus
 from gossipser.gossip.events import RoundFinished, RunStarted
 from gossipser.gossip.mixing import copy_params
-from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
-from gossipser.learn.models import ModelConfig, build_model
+from gossipser.gossip.plan import RunSetup, setup_run
+from gossipser.gossip.settings import GossipConfig
+from gossipser.learn.jobs import TrainJob, TrainResult
+from gossipser.learn.models import build_model
 from gossipser.learn.pool import ProcessPool
-from gossipser.learn.train import LocalTrainer, TrainConfig
-from gossipser.learn.trainers import TrainJob, TrainResult
+from gossipser.learn.settings import ModelConfig, TrainConfig
+from gossipser.learn.train import LocalTrainer
 from gossipser.sim.simulator import Simulator
 
 SPEAKERS = 8  # spk08 is the test speaker

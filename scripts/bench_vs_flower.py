@@ -143,11 +143,11 @@ def flower_run(rounds: int, data: Path, result: Path) -> None:
 def prepare(out: Path, rounds: int) -> Path:
     """The run gossipser's `simulate` would make (default corpus, config and seed), as what
     the Flower clients need: shards, steps per round, initial model, evaluation spec."""
-    from gossipser.cli.commands import gossip_config, load_data, resolve_test_speakers
+    from gossipser.cli.commands import load_data, resolve_test_speakers
     from gossipser.cli.main import build_parser
-    from gossipser.cli.options import run_configs
+    from gossipser.cli.options import gossip_config, run_configs
     from gossipser.gossip.plan import setup_run
-    from gossipser.learn.train import steps_per_epoch
+    from gossipser.learn.settings import steps_per_epoch
     from gossipser.ui.report import make_console
 
     args = build_parser().parse_args(gossipser_args(rounds, out / "unused"))

@@ -20,7 +20,8 @@ from gossipser.gossip.wire import MAGIC, TAG_LEN, decode, encode
 def model_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random values in the shapes of gossipser's default model: the 1-D CNN on 13 MFCCs,
     8 classes (52,040 parameters plus BatchNorm statistics, ~209 kB): the message peers send."""
-    from gossipser.learn.models import ModelConfig, build_model, get_state
+    from gossipser.learn.models import build_model, get_state
+    from gossipser.learn.settings import ModelConfig
 
     state = get_state(build_model(ModelConfig(), n_features=13, n_classes=8))
     return {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in state.items()}

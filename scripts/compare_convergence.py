@@ -31,18 +31,18 @@ import matplotlib
 import numpy as np
 import torch
 
-from gossipser.cli.commands import gossip_config, load_data, resolve_test_speakers
-from gossipser.cli.options import run_configs
+from gossipser.cli.commands import load_data, resolve_test_speakers
+from gossipser.cli.options import gossip_config, run_configs
 from gossipser.config import read_toml
 from gossipser.data.dataset import Dataset
 from gossipser.errors import ConfigError, GossipserError, TopologyError
 from gossipser.gossip.events import RoundFinished
-from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.gossip.plan import RunSetup, setup_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.learn.centralized import train_centralized
-from gossipser.learn.modelio import n_inputs
-from gossipser.learn.models import ModelConfig, build_model, count_parameters
+from gossipser.learn.models import build_model, count_parameters
 from gossipser.learn.pool import make_pool
-from gossipser.learn.train import TrainConfig
+from gossipser.learn.settings import ModelConfig, TrainConfig, n_inputs
 from gossipser.sim.virtual import make_simulator
 from gossipser.ui.compare import (
     CATALOG,

@@ -37,7 +37,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gossipser.errors import ConfigError, GossipserError
-from gossipser.gossip.plan import GossipConfig
+from gossipser.gossip.settings import GossipConfig
 from gossipser.net.launch import (
     SECRET_VAR,
     Proc,

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from gossipser.errors import ConfigError
-from gossipser.learn.augment import augment, lr_at, parse_augment
-from gossipser.learn.models import ModelConfig, build_model
-from gossipser.learn.train import LocalTrainer, TrainConfig
+from gossipser.learn.augment import augment, lr_at
+from gossipser.learn.models import build_model
+from gossipser.learn.settings import ModelConfig, TrainConfig, parse_augment
+from gossipser.learn.train import LocalTrainer
 
 
 def _batch(b: int = 6, t: int = 50, d: int = 26) -> torch.Tensor:

@@ -442,6 +442,33 @@ def test_simulate_starts_its_workers_before_torch_is_imported():
     assert planned_workers(None, None, {"gossip": {"workers": "two"}}) == 0
 
 
+def test_simulate_runs_without_torch_in_its_own_process(tiny_corpus: Path, tmp_path: Path):
+    # the command plans and mixes; its training processes build, train and score the models
+    # (extracting features does need torch: done here first, as a cached corpus would be)
+    from gossipser.data.dataset import load_dataset
+
+    assert not load_dataset(tiny_corpus).from_cache
+    code = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch imported by the simulate command itself')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from gossipser.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "simulate", "--data", str(tiny_corpus), "--rounds", "2",
+         "--local-epochs", "1", "--peers", "3", "--test-speakers", "spk04", "--display",
+         "none", "--record-messages", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = _summary(out)
+    assert summary["stopped"]["round"] == 2
+    assert 0.0 <= summary["final"]["ua_mean"] <= 1.0
+
+
 def test_the_command_line_lists_every_registered_algorithm():
     from gossipser.cli.main import ALGORITHMS as listed
     from gossipser.gossip.algorithms import ALGORITHMS

@@ -14,9 +14,8 @@ from gossipser.config import build, check_types, describe_type, read_toml
 from gossipser.data.features import FeatureConfig
 from gossipser.data.synth import SynthConfig
 from gossipser.errors import ConfigError
-from gossipser.gossip.plan import GossipConfig
-from gossipser.learn.models import ModelConfig
-from gossipser.learn.train import TrainConfig
+from gossipser.gossip.settings import GossipConfig
+from gossipser.learn.settings import ModelConfig, TrainConfig
 from gossipser.net.node import NetworkConfig
 
 SECTIONS = {"features": FeatureConfig, "model": ModelConfig, "train": TrainConfig,

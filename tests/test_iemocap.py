@@ -25,7 +25,8 @@ from gossipser.data.dataset import (
 from gossipser.data.features import FeatureConfig
 from gossipser.data.iemocap import parse_labels, parse_utterance
 from gossipser.errors import ConfigError, CorpusError
-from gossipser.gossip.plan import GossipConfig, plan_run
+from gossipser.gossip.plan import plan_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.privacy.attributes import default_attributes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

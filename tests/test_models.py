@@ -14,9 +14,10 @@ import torch
 
 from gossipser.data.features import FeatureConfig
 from gossipser.errors import ConfigError
-from gossipser.learn.modelio import CARD, WEIGHTS, load_model, n_inputs, save_model
-from gossipser.learn.models import ModelConfig, build_model, count_parameters, get_state, set_state
-from gossipser.learn.train import LocalTrainer, TrainConfig, class_weights, evaluate, predict_proba
+from gossipser.learn.modelio import CARD, WEIGHTS, load_model, save_model
+from gossipser.learn.models import build_model, count_parameters, get_state, set_state
+from gossipser.learn.settings import ModelConfig, TrainConfig, n_inputs
+from gossipser.learn.train import LocalTrainer, class_weights, evaluate, predict_proba
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -454,7 +455,8 @@ def test_load_model_refuses_weights_that_lack_a_parameter(tmp_path: Path) -> Non
 def test_groupnorm_cnn_has_no_running_statistics_and_trains_per_sample():
     import torch
 
-    from gossipser.learn.models import ModelConfig, build_model, get_state
+    from gossipser.learn.models import build_model, get_state
+    from gossipser.learn.settings import ModelConfig
 
     model = build_model(ModelConfig(kind="cnn", width=16, norm="group"), n_features=13,
                         n_classes=4)

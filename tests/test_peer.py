@@ -647,7 +647,8 @@ def test_private_names_resolve_aliases_and_refuse_unknown_layers():
 
 def test_bn_stats_names_every_batchnorm_statistic_of_the_cnn_and_no_weight():
     from gossipser.gossip.private import private_names
-    from gossipser.learn.models import ModelConfig, build_model
+    from gossipser.learn.models import build_model
+    from gossipser.learn.settings import ModelConfig
 
     cnn = {k: v for k, v in build_model(ModelConfig(kind="cnn"), n_features=39,
                                         n_classes=8).state_dict().items()}

@@ -16,15 +16,10 @@ from torch import nn
 
 from gossipser.cli.main import main
 from gossipser.errors import ConfigError
-from gossipser.learn.dp import (
-    DPSettings,
-    PrivateSteps,
-    check_model,
-    epsilon_of,
-    noise_multiplier,
-)
-from gossipser.learn.models import ModelConfig, build_model, get_state
-from gossipser.learn.train import LocalTrainer, TrainConfig
+from gossipser.learn.dp import PrivateSteps, check_model, epsilon_of, noise_multiplier
+from gossipser.learn.models import build_model, get_state
+from gossipser.learn.settings import DPSettings, ModelConfig, TrainConfig
+from gossipser.learn.train import LocalTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

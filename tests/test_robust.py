@@ -7,7 +7,6 @@ import pytest
 
 from gossipser.errors import ConfigError
 from gossipser.gossip.byzantine import Attack, byzantine_ids, parse_attack
-from gossipser.gossip.plan import GossipConfig
 from gossipser.gossip.robust import (
     RobustRule,
     clipped_gossip,
@@ -18,6 +17,7 @@ from gossipser.gossip.robust import (
     parse_robust,
     trimmed_mean,
 )
+from gossipser.gossip.settings import GossipConfig
 
 # --- the rules on literal arrays
 

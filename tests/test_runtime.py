@@ -34,11 +34,11 @@ from gossipser.data.features import prepare_signal
 from gossipser.errors import ConfigError
 from gossipser.gossip.byzantine import parse_attack
 from gossipser.gossip.message import Message
-from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.gossip.plan import RunSetup, setup_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.gossip.wire import MAGIC, MAGIC_SIGNED, decode, encode
-from gossipser.learn.models import ModelConfig
 from gossipser.learn.pool import SerialPool
-from gossipser.learn.train import TrainConfig
+from gossipser.learn.settings import ModelConfig, TrainConfig
 from gossipser.net import runtime
 from gossipser.net.broker import Mosquitto, mosquitto_path
 from gossipser.net.node import NetworkConfig

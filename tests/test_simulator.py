@@ -23,12 +23,14 @@ from gossipser.errors import GossipserError
 from gossipser.gossip.algorithms import ALGORITHMS
 from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import combine, slem
-from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
+from gossipser.gossip.plan import RunSetup, setup_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.gossip.wire import encode
-from gossipser.learn.models import ModelConfig, get_state
+from gossipser.learn.jobs import Shard, TrainJob
+from gossipser.learn.models import get_state
 from gossipser.learn.pool import ProcessPool, SerialPool
-from gossipser.learn.train import TrainConfig
-from gossipser.learn.trainers import PARK_ABOVE, Shard, TrainJob, _Trainers
+from gossipser.learn.settings import ModelConfig, TrainConfig
+from gossipser.learn.trainers import PARK_ABOVE, _Trainers
 from gossipser.sim.simulator import (
     CSV_COLUMNS,
     SIM_SECRET,

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from gossipser.errors import ConfigError
-from gossipser.learn.models import ModelConfig, build_model, get_state
-from gossipser.learn.train import (
-    LocalTrainer,
-    TrainConfig,
-    evaluate,
-    predict_proba,
-    speaker_groups,
-    speaker_statistics,
-)
+from gossipser.learn.models import build_model, get_state
+from gossipser.learn.settings import ModelConfig, TrainConfig, speaker_groups
+from gossipser.learn.train import LocalTrainer, evaluate, predict_proba, speaker_statistics
 
 
 def _trained_dnn(seed: int = 0):
@@ -123,7 +117,8 @@ def test_bn_stats_is_validated() -> None:
 def test_a_runs_pool_and_the_baseline_evaluate_by_speaker(tiny_corpus) -> None:
     # Prepare
     from gossipser.data.dataset import load_dataset, split_by_speakers
-    from gossipser.gossip.plan import GossipConfig, setup_run
+    from gossipser.gossip.plan import setup_run
+    from gossipser.gossip.settings import GossipConfig
     from gossipser.learn.centralized import train_centralized
 
     ds = load_dataset(tiny_corpus, cache_dir=None)

@@ -10,11 +10,11 @@ import pytest
 
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.errors import ConfigError
-from gossipser.gossip.plan import GossipConfig, plan_run, setup_from_plan, setup_run
-from gossipser.learn.models import ModelConfig
+from gossipser.gossip.plan import plan_run, setup_from_plan, setup_run
+from gossipser.gossip.settings import GossipConfig
+from gossipser.learn.jobs import TrainJob
 from gossipser.learn.pool import SerialPool
-from gossipser.learn.train import TrainConfig
-from gossipser.learn.trainers import TrainJob
+from gossipser.learn.settings import ModelConfig, TrainConfig
 from gossipser.sim.simulator import Simulator
 
 MODEL = ModelConfig(kind="dnn", width=8)

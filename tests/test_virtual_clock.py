@@ -14,10 +14,10 @@ from gossipser.cli.main import main
 from gossipser.data.dataset import Dataset, load_dataset
 from gossipser.errors import ConfigError
 from gossipser.gossip.devices import device_speeds, parse_device_speed
-from gossipser.gossip.plan import GossipConfig, RunSetup, setup_run
-from gossipser.learn.models import ModelConfig
+from gossipser.gossip.plan import RunSetup, setup_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.learn.pool import SerialPool
-from gossipser.learn.train import TrainConfig
+from gossipser.learn.settings import ModelConfig, TrainConfig
 from gossipser.sim.simulator import Simulator, flatten
 from gossipser.sim.virtual import VirtualSimulator, make_simulator
 

@@ -13,7 +13,8 @@ from gossipser.cli.commands import load_data
 from gossipser.cli.options import NoFlags, run_configs
 from gossipser.config import build
 from gossipser.errors import ConfigError
-from gossipser.gossip.plan import GossipConfig, setup_run
+from gossipser.gossip.plan import setup_run
+from gossipser.gossip.settings import GossipConfig
 from gossipser.privacy.attack import AttackConfig, run_attack
 from gossipser.privacy.attributes import default_attributes, peer_labels, read_attribute_file
 from gossipser.privacy.record import FILE, MessageLog

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.markup import escape
 
-from gossipser.cli.options import data_config, run_configs
+from gossipser.cli.options import data_config, gossip_config, run_configs
 from gossipser.config import read_toml
 from gossipser.data.corpora import parse_emotions
 from gossipser.data.dataset import (
@@ -150,8 +149,9 @@ def cmd_synth(args: Any) -> int:
 
 def cmd_train(args: Any) -> int:
     from gossipser.learn.centralized import train_centralized
-    from gossipser.learn.modelio import n_inputs, save_model
+    from gossipser.learn.modelio import save_model
     from gossipser.learn.models import build_model, count_parameters
+    from gossipser.learn.settings import n_inputs
 
     console = make_console()
     doc = read_toml(getattr(args, "config", None))
@@ -240,9 +240,12 @@ def _mean_scores(rows: list[tuple[str, Scores]], total: Scores) -> Scores:
 
 
 def cmd_predict(args: Any) -> int:
+    import torch
+
     from gossipser.data.features import MfccExtractor, prepare_signal
     from gossipser.learn.modelio import load_model
-    from gossipser.learn.train import predict_proba, speaker_groups
+    from gossipser.learn.settings import speaker_groups
+    from gossipser.learn.train import predict_proba
 
     saved = load_model(args.model)
     cfg = saved.features
@@ -290,19 +293,6 @@ def cmd_predict(args: Any) -> int:
     return 1 if failures else 0
 
 
-def gossip_config(args: Any, doc: dict):
-    from gossipser.config import build
-    from gossipser.gossip.plan import GossipConfig
-
-    a = vars(args)
-    keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
-            "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
-            "patience", "private_layers", "robust", "byzantine", "attack", "backend",
-            "ray_address", "clock", "device_speed", "step_time", "latency", "bandwidth",
-            "churn_period", "wait")
-    return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")
-
-
 def cmd_simulate(args: Any) -> int:
     from gossipser.learn.workers import planned_workers, workers_for
 
@@ -342,13 +332,14 @@ def _simulate(args, console, doc, features, model_cfg, train_cfg, gcfg, started)
     elif display == "plain":
         listeners.append(PlainDisplay(console))
     taps = []
-    if args.record_messages:
-        from gossipser.privacy.record import FILE, MessageLog
-
-        taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
     try:
         with open_pool(setup.pool_spec(), shards, workers=gcfg.workers, started=started,
                        backend=gcfg.backend, address=gcfg.ray_address) as pool:
+            setup.build_with(pool)  # the initial models, where torch already is
+            if args.record_messages:
+                from gossipser.privacy.record import FILE, MessageLog
+
+                taps.append(MessageLog(args.record_messages, setup.shared_model_names()))
             summary = make_simulator(setup, pool, listeners=listeners, taps=taps,
                                      started=clock.STARTED).run()
     finally:

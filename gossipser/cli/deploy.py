@@ -14,7 +14,8 @@ from gossipser.data.corpora import load_corpus
 from gossipser.data.dataset import load_dataset
 from gossipser.errors import ConfigError
 from gossipser.gossip.message import SERVER_ID
-from gossipser.gossip.plan import GossipConfig, RunSetup, plan_run, setup_from_plan
+from gossipser.gossip.plan import RunSetup, plan_run, setup_from_plan
+from gossipser.gossip.settings import GossipConfig
 from gossipser.net.node import NetworkConfig
 from gossipser.privacy.record import FILE as RECORD_FILE
 from gossipser.ui.report import make_console

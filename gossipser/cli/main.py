@@ -255,11 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     early = _start_workers(args)
     try:
-        import torch
+        if args.command != "simulate":  # its training processes do the torch work
+            import torch
 
-        # small models gain nothing from a second intra-op thread, and on a busy machine
-        # spinning OpenMP threads slow everything else down; processes give parallelism
-        torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+            # small models gain nothing from a second intra-op thread, and on a busy machine
+            # spinning OpenMP threads slow everything else down; processes give parallelism
+            torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
         return int(dispatch(args) or 0)
     except GossipserError as exc:
         from gossipser.ui.report import error_line

@@ -7,8 +7,7 @@ from typing import Any
 
 from gossipser.config import build, check_types
 from gossipser.data.features import FeatureConfig
-from gossipser.learn.models import ModelConfig
-from gossipser.learn.train import TrainConfig
+from gossipser.learn.settings import ModelConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -63,3 +62,16 @@ def run_configs(args: Any, doc: dict[str, dict[str, Any]]):
         "norm": norm, "bn_stats": a.get("bn_stats"),
     }, "model")
     return features, model, train
+
+
+def gossip_config(args: Any, doc: dict):
+    """The `[gossip]` config: the flags over the TOML section over the defaults."""
+    from gossipser.gossip.settings import GossipConfig
+
+    a = vars(args)
+    keys = ("algorithm", "topology", "peers", "rounds", "local_epochs", "step_share", "mixing",
+            "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
+            "patience", "private_layers", "robust", "byzantine", "attack", "backend",
+            "ray_address", "clock", "device_speed", "step_time", "latency", "bandwidth",
+            "churn_period", "wait")
+    return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gossipser.config import check_types
 from gossipser.data.audio import peak_normalize, pre_emphasis, read_audio, trim_silence
@@ -114,6 +113,7 @@ class MfccExtractor:
 
     def __init__(self, cfg: FeatureConfig) -> None:
         import librosa  # filter bank only; librosa's numerics are the reference we match
+        import torch  # here, not at the top: reading cached features needs no torch
 
         self.cfg = cfg
         mel = librosa.filters.mel(
@@ -136,6 +136,8 @@ class MfccExtractor:
         """MFCC of each signal (already pre-emphasised) as a (frames, n_mfcc) float32 array."""
         if not signals:
             return []
+        import torch
+
         cfg = self.cfg
         longest = max(len(s) for s in signals)
         batch = torch.zeros(len(signals), max(longest, 1))
@@ -200,6 +202,8 @@ def extract(
     progress: Progress | None = None,
 ) -> FeatureTable:
     """MFCC frames for every readable file; unreadable files are recorded, never raised."""
+    import torch
+
     extractor = MfccExtractor(cfg)
     frames: list[np.ndarray] = []
     kept: list[str] = []

@@ -1,4 +1,5 @@
-"""A gossip run's configuration and set-up, shared by the simulator and the networked peers.
+"""A gossip run's set-up, shared by the simulator and the networked peers (its config,
+`GossipConfig`, is in `gossipser.gossip.settings`).
 
 Everything both runtimes must agree on (data split, partition, topology, mixing weights,
 initial model) is derived here from the seed, so every peer on every machine computes the
@@ -16,134 +17,28 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from gossipser.config import check_types
 from gossipser.data.corpora import Corpus
 from gossipser.data.dataset import Dataset, corpus_arrays, split_speakers
 from gossipser.data.features import FeatureConfig
 from gossipser.data.partition import parse_partition, partition
 from gossipser.errors import ConfigError
-from gossipser.gossip.algorithms import ALGORITHMS, algorithm_class
+from gossipser.gossip.algorithms import algorithm_class
 from gossipser.gossip.byzantine import Attack, byzantine_ids, parse_attack
-from gossipser.gossip.devices import parse_device_speed
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
 from gossipser.gossip.private import private_names, public
 from gossipser.gossip.robust import RobustRule, parse_robust
 from gossipser.gossip.server import FedAvgServer
+from gossipser.gossip.settings import GossipConfig
 from gossipser.gossip.topology import build_topology
-from gossipser.learn.modelio import n_inputs
-from gossipser.learn.models import ModelConfig, build_model, get_state
-from gossipser.learn.train import TrainConfig, speaker_groups, steps_per_epoch
-from gossipser.learn.trainers import PoolSpec, Shard
-from gossipser.learn.workers import DEFAULT_WORKERS
-
-
-@dataclass(frozen=True)
-class GossipConfig:
-    # gradient tracking: D-PSGD with drift correction, the default because one speaker per
-    # peer makes the peers' gradients differ (README, "Gossip against FedAvg and centralized")
-    algorithm: str = "gradient-tracking"
-    topology: str = "auto"  # a spec (auto, ring, torus, regular:4, ...) or a file
-    peers: int | None = None  # default: one per training speaker
-    # at most; the simulator stops earlier on a plateau (see patience). The automatic step
-    # budget is spread over them, so more rounds mean fewer local steps between two mixes
-    rounds: int = 300
-    # local training per round; None: as many steps per round as make every peer take, over
-    # all rounds, the optimiser steps of centralized training on the pooled training set
-    # (train.epochs x training utterances / batch size), shared as `step_share` says
-    local_epochs: float | None = None
-    # how the automatic budget (local_epochs unset) is shared: "samples", a peer's steps per
-    # round in proportion to its shard (the pooled objective: every utterance weighs the same,
-    # as in centralized training; the mean over peers is unchanged), or "equal" steps for all
-    # (a peer with 2 utterances then pulls the consensus as hard as one with 80)
-    step_share: str = "samples"
-    mixing: str = "metropolis"
-    partition: str = "speaker"
-    drop: float = 0.0  # probability that a message is lost
-    churn: float = 0.0  # probability that a peer is offline for a round
-    stragglers: float = 0.0  # probability that a peer does only 10-50% of its local steps
-    fraction: float = 1.0  # FedAvg: share of clients asked to train each round
-    eval_every: int = 1
-    workers: int = DEFAULT_WORKERS  # simulator training processes (or Ray actors)
-    # simulator: where trainers live: "process" (a local process pool) or "ray" (Ray actors,
-    # locally or on the cluster at ray_address, HOST:PORT)
-    backend: str = "process"
-    ray_address: str = ""
-    init: str = "shared"  # shared: one initial model from the run seed; independent: per peer
-    # simulator: stop when, over the last `patience` rounds, the mean training loss fell by
-    # less than 1 % and the consensus distance by less than 5 % against the `patience` rounds
-    # before (0: always run every round). Networked peers always run `rounds`.
-    patience: int = 10
-    # layers that stay on the device, never sent, never mixed (gossipser.gossip.private)
-    private_layers: tuple[str, ...] = ()
-    # Byzantine-robust merge in place of the weighted average (gossipser.gossip.robust):
-    # none, trimmed-mean:K, median, krum:F, clip:TAU or clip:auto (dpsgd, gossip-learning)
-    robust: str = "none"
-    # simulated attackers (gossipser.gossip.byzantine): a count drawn from the seed, or ids
-    # ("3,7"); each sends what `attack` forges
-    byzantine: str = ""
-    attack: str = "signflip"
-    # simulator time (gossipser.sim.virtual): "rounds" (lock-step) or "virtual" (events in
-    # virtual seconds: devices train at their own speed, messages take time on their link;
-    # gossip learning, pairwise and push-sum then run with no round barrier)
-    clock: str = "rounds"
-    # per-peer compute speed: equal, or lognormal:MU:SIGMA, optionally ,slow:FRACTION:FACTOR
-    device_speed: str = "equal"
-    step_time: float = 0.05  # virtual seconds of one optimiser step at speed 1
-    latency: float = 0.05  # seconds per message on a link (default for every edge)
-    bandwidth: float = 1.25e6  # bytes per second on a link (10 Mbit/s)
-    churn_period: float = 60.0  # virtual clock: mean seconds of an offline spell
-    # virtual clock, D-PSGD and gradient tracking: seconds a peer waits for its neighbours
-    # after its own training (None: twice the slowest device's round plus a model transfer)
-    wait: float | None = None
-
-    def __post_init__(self) -> None:
-        check_types(self, "gossip")
-        layers = tuple(x.strip() for x in self.private_layers if x.strip())
-        object.__setattr__(self, "private_layers", layers)  # a TOML list becomes a tuple
-        if self.private_layers and not algorithm_class(self.algorithm).uses_topology:
-            raise ConfigError(f"private layers need a gossip algorithm; {self.algorithm}'s "
-                              "server evaluates one global model")
-        algorithm_class(self.algorithm)  # an unknown name is a ConfigError listing the known
-        if parse_robust(self.robust) is not None and not algorithm_class(
-                self.algorithm).supports_robust:
-            robust_ok = ", ".join(n for n in ALGORITHMS if algorithm_class(n).supports_robust)
-            raise ConfigError(f"robust merge {self.robust!r}: {self.algorithm} has no robust "
-                              f"merge; use {robust_ok}")
-        parse_attack(self.attack)
-        for name in ("drop", "churn", "stragglers"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"gossip {name} must be a probability in [0, 1)")
-        if self.rounds < 1 or self.eval_every < 1 or (self.local_epochs or 0) < 0:
-            raise ConfigError("gossip: rounds >= 1, eval_every >= 1, local_epochs >= 0 "
-                              "(0 switches training off)")
-        if self.patience < 0:
-            raise ConfigError("gossip: patience >= 0 (0 runs every round)")
-        if self.step_share not in ("samples", "equal"):
-            raise ConfigError(f"gossip step_share must be samples or equal, got "
-                              f"{self.step_share!r}")
-        if self.backend not in ("process", "ray"):
-            raise ConfigError(f"gossip backend must be process or ray, got {self.backend!r}")
-        if self.init not in ("shared", "independent"):
-            raise ConfigError("gossip init must be shared or independent")
-        if self.peers is not None and self.peers < 2:
-            raise ConfigError("gossip: need at least 2 peers")
-        if not 0.0 < self.fraction <= 1.0 or self.workers < 1:
-            raise ConfigError("gossip: fraction in (0, 1], workers >= 1")
-        parse_partition(self.partition)
-        if self.clock not in ("rounds", "virtual"):
-            raise ConfigError(f"gossip clock must be rounds or virtual, got {self.clock!r}")
-        parse_device_speed(self.device_speed)
-        if not (self.step_time >= 0 and self.latency >= 0 and self.bandwidth > 0
-                and self.churn_period > 0 and (self.wait is None or self.wait >= 0)):
-            raise ConfigError("gossip: step_time, latency and wait >= 0; bandwidth and "
-                              "churn_period > 0")
-        if self.clock == "virtual" and self.algorithm == "fedavg":
-            raise ConfigError("--clock virtual runs the gossip algorithms; fedavg has no "
-                              "virtual-clock mode (use --clock rounds)")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from gossipser.learn.jobs import PoolSpec, Shard
+from gossipser.learn.settings import (
+    ModelConfig,
+    TrainConfig,
+    n_inputs,
+    speaker_groups,
+    steps_per_epoch,
+)
 
 
 @dataclass
@@ -160,11 +55,43 @@ class RunSetup:
     parts: list[np.ndarray]
     graph: nx.Graph
     mixing: np.ndarray
-    init: Params
     seed: int
     run_id: str
     n_train: int = 0  # training utterances of the whole run (every peer's, loaded or not)
     peer_sizes: tuple[int, ...] = ()  # every peer's planned shard size (default: its part)
+    init_seed: int | None = None  # the shared initial model's seed (None: `seed`)
+    # initial models by seed, built on first use here, or by a training pool (`build_with`)
+    initial: dict[int, Params] = dataclasses.field(default_factory=dict)
+
+    @property
+    def init(self) -> Params:
+        """The shared initial model (from `init_seed`, by default the run seed)."""
+        return self._initial([self.shared_seed])[0]
+
+    @property
+    def shared_seed(self) -> int:
+        return self.seed if self.init_seed is None else self.init_seed
+
+    def _seeds(self) -> list[int]:
+        return ([self.shared_seed] if self.cfg.init == "shared"
+                else [peer_seed(self.seed, pid) for pid in range(self.n_peers)])
+
+    def build_with(self, pool) -> None:
+        """Have `pool` (with torch in its workers) build the initial models, so that this
+        process needs no torch."""
+        seeds = [s for s in self._seeds() if s not in self.initial]
+        self.initial.update(zip(seeds, pool.initial_states(seeds), strict=True))
+
+    def _initial(self, seeds: list[int]) -> list[Params]:
+        missing = [s for s in seeds if s not in self.initial]
+        if missing:
+            from gossipser.learn.models import build_model, get_state  # torch
+
+            n = n_inputs(self.features, self.model)
+            self.initial.update((s, get_state(build_model(
+                self.model, n_features=n, n_classes=len(self.dataset.classes), seed=s)))
+                for s in missing)
+        return [self.initial[s] for s in seeds]
 
     @property
     def n_peers(self) -> int:
@@ -230,9 +157,7 @@ class RunSetup:
     def initial_params(self, pid: int) -> Params:
         if self.cfg.init == "shared":
             return self.init
-        model = build_model(self.model, n_features=n_inputs(self.features, self.model),
-                            n_classes=len(self.dataset.classes), seed=peer_seed(self.seed, pid))
-        return get_state(model)
+        return self._initial([peer_seed(self.seed, pid)])[0]
 
     def make_peer(self, pid: int, attack: Attack | None = None) -> Peer:
         row = {int(j): float(self.mixing[pid, j]) for j in np.flatnonzero(self.mixing[pid])}
@@ -374,14 +299,12 @@ def setup_from_plan(
     def index(paths: tuple[str, ...]) -> np.ndarray:
         return np.array([where[p] for p in paths if p in where], dtype=np.int64)
 
-    init_model = build_model(model, n_features=n_inputs(ds.cfg, model),
-                             n_classes=len(ds.classes), seed=plan.seed)
     parts = [index(p) for p in plan.peer_paths]
     return RunSetup(
         cfg=plan.cfg, features=ds.cfg, model=model, train=train, dataset=ds,
         train_idx=np.concatenate(parts) if parts else np.zeros(0, np.int64),
         test_idx=index(plan.test_paths), parts=parts, graph=plan.graph, mixing=plan.mixing,
-        init=get_state(init_model), seed=plan.seed, run_id=plan.run_id,
+        seed=plan.seed, run_id=plan.run_id,
         n_train=sum(len(p) for p in plan.peer_paths),
         peer_sizes=tuple(len(p) for p in plan.peer_paths),
     )

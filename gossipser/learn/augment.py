@@ -21,21 +21,9 @@ import math
 
 import torch
 
-AUGMENTATIONS: tuple[str, ...] = ("shift", "mask")
-SCHEDULES: tuple[str, ...] = ("onecycle", "constant")
 WARMUP = 0.1
 START_DIV = 25.0
 FINAL_DIV = 1e4
-
-
-def parse_augment(spec: str) -> tuple[str, ...]:
-    """'shift,mask' -> ('shift', 'mask'); '' or 'none' -> (). Raises ValueError on a bad name."""
-    names = tuple(s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none")
-    bad = [n for n in names if n not in AUGMENTATIONS]
-    if bad:
-        raise ValueError(f"unknown augmentation {', '.join(bad)}; choose from "
-                         f"{', '.join(AUGMENTATIONS)} or none")
-    return names
 
 
 def augment(x: torch.Tensor, names: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:

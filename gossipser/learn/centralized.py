@@ -10,9 +10,9 @@ from torch import nn
 
 from gossipser.data.dataset import Dataset
 from gossipser.learn.metrics import Scores
-from gossipser.learn.modelio import n_inputs
-from gossipser.learn.models import ModelConfig, build_model
-from gossipser.learn.train import LocalTrainer, TrainConfig, evaluate, speaker_groups
+from gossipser.learn.models import build_model
+from gossipser.learn.settings import ModelConfig, TrainConfig, n_inputs, speaker_groups
+from gossipser.learn.train import LocalTrainer, evaluate
 
 EpochCallback = Callable[[int, float], None]
 

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from gossipser.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    """What `TrainConfig`'s dp_* fields ask for (noise None: calibrate to `epsilon`)."""
-
-    clip: float
-    delta: float
-    noise: float | None = None
-    epsilon: float | None = None
+from gossipser.learn.settings import DPSettings
 
 
 def _opacus():

@@ -12,7 +12,8 @@ from torch import nn
 
 from gossipser.data.features import FeatureConfig
 from gossipser.errors import ConfigError
-from gossipser.learn.models import ModelConfig, build_model, get_state, set_state
+from gossipser.learn.models import build_model, get_state, set_state
+from gossipser.learn.settings import ModelConfig, n_inputs
 
 WEIGHTS = "model.npz"
 CARD = "model.json"
@@ -24,10 +25,6 @@ class SavedModel:
     classes: tuple[str, ...]
     features: FeatureConfig
     config: ModelConfig
-
-
-def n_inputs(features: FeatureConfig, config: ModelConfig) -> int:
-    return 2 * features.dim if config.view == "stats" else features.dim
 
 
 def save_model(

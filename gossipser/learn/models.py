@@ -2,57 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from gossipser.config import check_types
 from gossipser.errors import ConfigError
-
-KINDS = ("dnn", "cnn", "lstm")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "cnn"
-    width: int = 64  # DNN hidden units / 4, CNN channels, LSTM hidden size per direction
-    dropout: float = 0.3
-    # normalisation inside the CNN and of the DNN's input: "batch" (BatchNorm: running
-    # statistics are part of the model and get averaged), "group" (GroupNorm, 8 groups: no
-    # statistics, per-sample, as DP-SGD needs) or "none"
-    norm: str = "batch"
-    # which statistics BatchNorm normalises with at inference: "speaker" (those of the
-    # speaker's own utterances, computed on the device as speaker-scope CMVN is) or "running"
-    # (the running averages of training). One speaker per peer means every training batch is
-    # one speaker's, so the running averages hold within-speaker spread only; a new speaker's
-    # activations normalised by them drift off what the layers were trained on.
-    bn_stats: str = "speaker"
-
-    def __post_init__(self) -> None:
-        check_types(self, "model")
-        if self.kind not in KINDS:
-            raise ConfigError(f"model kind {self.kind!r} unknown; choose one of {', '.join(KINDS)}")
-        if not 4 <= self.width <= 1024:
-            raise ConfigError("model width must be in [4, 1024]")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("model dropout must be in [0, 1)")
-        if self.norm not in ("batch", "group", "none"):
-            raise ConfigError(f"[model] norm must be batch, group or none, got {self.norm!r}")
-        if self.bn_stats not in ("speaker", "running"):
-            raise ConfigError(f"[model] bn_stats must be speaker or running, got "
-                              f"{self.bn_stats!r}")
-
-    @property
-    def view(self) -> str:
-        """Which feature view the model reads: utterance statistics or a frame sequence."""
-        return "stats" if self.kind == "dnn" else "sequence"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from gossipser.learn.settings import ModelConfig
 
 
 class Dropout(nn.Module):

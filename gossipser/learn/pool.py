@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import wait as mp_wait
 
 from gossipser.errors import GossipserError
+from gossipser.learn.jobs import Params, PoolSpec, Shard, TrainJob, TrainResult
 from gossipser.learn.metrics import Scores
-from gossipser.learn.train import LocalTrainer
-from gossipser.learn.trainers import Params, PoolSpec, Shard, TrainJob, TrainResult, _Trainers
 from gossipser.learn.workers import WorkerProcesses
 
 CHUNK = 16  # training jobs per message to a worker process
@@ -27,17 +26,23 @@ class SerialPool:
 
     def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *,
                  park: bool | None = None) -> None:
+        from gossipser.learn.trainers import _Trainers  # torch: only where training runs
+
         self._t = _Trainers(spec, shards, park=park)
         self.workers = 1
 
     def steps_per_epoch(self) -> dict[int, int]:
         return self._t.steps_per_epoch()
 
-    def trainer(self, peer: int) -> LocalTrainer:
+    def trainer(self, peer: int):  # -> LocalTrainer
         return self._t.trainers[peer]
 
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
         return [self._t.train(j) for j in jobs]
+
+    def initial_states(self, seeds: Sequence[int]) -> list[Params]:
+        """Fresh models' states, one per seed (built where torch is: here)."""
+        return [self._t.initial(s) for s in seeds]
 
     def evaluate(self, states: Sequence[Params]) -> list[Scores]:
         return [self._t.evaluate(s) for s in states]
@@ -150,15 +155,24 @@ class ProcessPool:
             raise GossipserError(error)
         return [results[j.peer] for j in jobs]
 
+    def initial_states(self, seeds: Sequence[int]) -> list[Params]:
+        """Fresh models' states, one per seed, built by the workers (this process never
+        imports torch for a simulation)."""
+        return self._spread("initial", list(seeds))
+
     def evaluate(self, states: Sequence[Params]) -> list[Scores]:
-        parts = states_by_worker(len(states), self.workers)
+        return self._spread("evaluate", states)
+
+    def _spread(self, op: str, items: Sequence) -> list:
+        """`op` on each item, the items dealt round-robin to the workers; answers in order."""
+        parts = states_by_worker(len(items), self.workers)
         for w, idx in parts.items():
-            self._conns[w].send(("evaluate", [states[i] for i in idx]))
-        out: list[Scores | None] = [None] * len(states)
+            self._conns[w].send((op, [items[i] for i in idx]))
+        out: list = [None] * len(items)
         for w, idx in parts.items():
             for i, s in zip(idx, self._recv(self._conns[w]), strict=True):
                 out[i] = s
-        return out  # type: ignore[return-value]
+        return out
 
     def close(self, *, now: bool = False) -> None:
         """Stop the workers: politely, or at once (`now`, e.g. after Ctrl-C mid-round)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gossipser.errors import ConfigError, GossipserError
+from gossipser.learn.jobs import Params, PoolSpec, Shard, TrainJob, TrainResult
 from gossipser.learn.metrics import Scores
 from gossipser.learn.pool import jobs_by_worker, make_pool, states_by_worker
-from gossipser.learn.trainers import Params, PoolSpec, Shard, TrainJob, TrainResult, _Trainers
 from gossipser.learn.workers import WorkerProcesses
 
 
@@ -26,6 +26,8 @@ class _Worker:
         import torch
 
         torch.set_num_threads(1)
+        from gossipser.learn.trainers import _Trainers
+
         self.trainers = _Trainers(spec, shards)
 
     def steps_per_epoch(self) -> dict[int, int]:
@@ -36,6 +38,9 @@ class _Worker:
 
     def evaluate(self, states: list[Params]) -> list[Scores]:
         return [self.trainers.evaluate(s) for s in states]
+
+    def initial(self, seeds: list[int]) -> list[Params]:
+        return [self.trainers.initial(s) for s in seeds]
 
 
 def _ray():
@@ -93,14 +98,21 @@ class RayPool:
         return [results[j.peer] for j in jobs]
 
     def evaluate(self, states: Sequence[Params]) -> list[Scores]:
-        parts = states_by_worker(len(states), self.workers)
-        got = self._get([self._actors[w].evaluate.remote([states[i] for i in idx])
+        return self._spread("evaluate", states)
+
+    def initial_states(self, seeds: Sequence[int]) -> list[Params]:
+        """Fresh models' states, one per seed, built by the actors."""
+        return self._spread("initial", list(seeds))
+
+    def _spread(self, method: str, items: Sequence) -> list:
+        parts = states_by_worker(len(items), self.workers)
+        got = self._get([getattr(self._actors[w], method).remote([items[i] for i in idx])
                          for w, idx in parts.items()])
-        out: list[Scores | None] = [None] * len(states)
-        for idx, scores in zip(parts.values(), got, strict=True):
-            for i, s in zip(idx, scores, strict=True):
+        out: list = [None] * len(items)
+        for idx, answers in zip(parts.values(), got, strict=True):
+            for i, s in zip(idx, answers, strict=True):
                 out[i] = s
-        return out  # type: ignore[return-value]
+        return out
 
     def close(self, **_: object) -> None:
         for a in getattr(self, "_actors", []):

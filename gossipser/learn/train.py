@@ -4,75 +4,16 @@ centralized baseline all train through `LocalTrainer`."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from gossipser.config import check_types
-from gossipser.errors import ConfigError
-from gossipser.learn.augment import SCHEDULES, augment, lr_at, parse_augment
-from gossipser.learn.dp import DPSettings, PrivateSteps
+from gossipser.learn.augment import augment, lr_at
+from gossipser.learn.dp import PrivateSteps
 from gossipser.learn.metrics import Scores, score
-from gossipser.learn.models import ModelConfig, attach_generator
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    class_balanced: bool = False
-    label_smoothing: float = 0.1
-    # learning-rate schedule over the planned steps, and batch augmentation
-    # (gossipser.learn.augment: "shift", "mask", both comma-separated, or "none")
-    schedule: str = "onecycle"
-    augment: str = "shift,mask"
-    # DP-SGD (gossipser.learn.dp): a target epsilon (noise calibrated from the planned
-    # steps) or a noise multiplier; per-sample gradients clipped to dp_clip
-    dp_epsilon: float | None = None
-    dp_delta: float = 1e-5
-    dp_noise: float | None = None
-    dp_clip: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_types(self, "train")
-        if self.dp_epsilon is not None and self.dp_noise is not None:
-            raise ConfigError("train config: give dp_epsilon or dp_noise, not both")
-        if (self.dp_epsilon is not None and not self.dp_epsilon > 0
-                or self.dp_noise is not None and not self.dp_noise > 0):
-            raise ConfigError("train config: dp_epsilon and dp_noise must be > 0")
-        if not 0 < self.dp_delta < 1 or not self.dp_clip > 0:
-            raise ConfigError("train config: need 0 < dp_delta < 1 and dp_clip > 0")
-        if self.epochs < 0 or self.batch_size < 2 or not 0 < self.lr < 1:
-            raise ConfigError("train config: need epochs >= 0, batch_size >= 2, 0 < lr < 1")
-        if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
-            raise ConfigError("train config: label_smoothing in [0, 1), weight_decay >= 0")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"train config: schedule must be one of {', '.join(SCHEDULES)}")
-        try:
-            parse_augment(self.augment)
-        except ValueError as exc:
-            raise ConfigError(f"train config: {exc}") from None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def dp(self) -> DPSettings | None:
-        """DP-SGD settings, or None when training is not private."""
-        if self.dp_epsilon is None and self.dp_noise is None:
-            return None
-        return DPSettings(clip=self.dp_clip, delta=self.dp_delta, noise=self.dp_noise,
-                          epsilon=self.dp_epsilon)
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimiser steps of one epoch over `n` examples (none below two: no batch of one)."""
-    return max(1, n // batch_size) if n >= 2 else 0
+from gossipser.learn.models import attach_generator
+from gossipser.learn.settings import TrainConfig, parse_augment, steps_per_epoch
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -323,9 +264,3 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int, *,
     if len(y) == 0:
         return score(np.zeros(0, int), np.zeros(0, int), n_classes)
     return score(y, predict_proba(model, x, groups=groups).argmax(axis=1), n_classes)
-
-
-def speaker_groups(cfg: ModelConfig, speakers: np.ndarray) -> np.ndarray | None:
-    """The speaker of each test row when `cfg` normalises BatchNorm by the
-    speaker's own statistics, else None (running averages)."""
-    return np.asarray(speakers) if cfg.norm == "batch" and cfg.bn_stats == "speaker" else None

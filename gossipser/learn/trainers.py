@@ -1,65 +1,20 @@
-"""What a pool holds and runs: peers' shards, their trainers, and the jobs they are given.
-
-`_Trainers` is the torch side of every pool (in this process, in a worker process or in a
-Ray actor); the data classes are what travels between a pool and its workers.
+"""The torch side of every pool (in this process, in a worker process or in a Ray actor):
+peers' trainers over their shards. What travels between a pool and its workers is in
+`gossipser.learn.jobs`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from gossipser.learn.jobs import Params, PoolSpec, Shard, TrainJob, TrainResult
 from gossipser.learn.metrics import Scores
-from gossipser.learn.models import ModelConfig, build_model, get_state, set_state
-from gossipser.learn.train import LocalTrainer, TrainConfig, evaluate, steps_per_epoch
-
-Params = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One peer's private training data and its trainer seed."""
-
-    peer: int
-    x: np.ndarray
-    y: np.ndarray
-    seed: int
-    planned_steps: int | None = None  # optimiser steps over the run (DP-SGD calibrates to it)
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    model: ModelConfig
-    train: TrainConfig
-    n_inputs: int
-    n_classes: int
-    test_x: np.ndarray
-    test_y: np.ndarray
-    test_groups: np.ndarray | None = None  # speaker per test row: BatchNorm by speaker
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    peer: int
-    params: Params
-    steps: int
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    peer: int
-    params: Params
-    loss: float
-    steps: int
-    samples: int = 0  # examples the optimiser saw in these steps
-    epsilon: float | None = None  # DP-SGD: privacy spent by the peer so far (None: off)
-    noise: float | None = None  # DP-SGD noise multiplier
-    seconds: float = 0.0  # wall time of the optimiser steps alone (bench_scale: overhead)
-
+from gossipser.learn.models import build_model, get_state, set_state
+from gossipser.learn.settings import steps_per_epoch
+from gossipser.learn.train import LocalTrainer, evaluate
 
 PARK_ABOVE = 32  # a process holding more peers than this keeps their trainers parked
 
@@ -108,6 +63,10 @@ class _Trainers:
         if parked is not None:
             t.unpark(parked)
         return t
+
+    def initial(self, seed: int) -> Params:
+        """A fresh model's state, initialised from `seed` (as every peer builds it)."""
+        return get_state(self._build(seed))
 
     def steps_per_epoch(self) -> dict[int, int]:
         return {p: steps_per_epoch(len(s.y), self.spec.train.batch_size)

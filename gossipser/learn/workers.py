@@ -35,10 +35,11 @@ def _worker_main(conn) -> None:
     conn.send(("ready", trainers.steps_per_epoch()))
     while True:
         op, payload = conn.recv()
-        if op not in ("train", "evaluate"):
+        if op not in ("train", "evaluate", "initial"):
             os._exit(0)  # nothing to flush; skipping torch's teardown saves a second
         try:
-            work = trainers.train if op == "train" else trainers.evaluate
+            work = {"train": trainers.train, "evaluate": trainers.evaluate,
+                    "initial": trainers.initial}[op]
             conn.send(("ok", [work(item) for item in payload]))
         except Exception as exc:  # reported to the parent as one line, the worker lives on
             conn.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -26,10 +26,10 @@ from gossipser.gossip.message import SERVER_ID, Message, ModelSpec
 from gossipser.gossip.mixing import Params
 from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.wire import secret_from
+from gossipser.learn.jobs import TrainJob
 from gossipser.learn.modelio import save_model
 from gossipser.learn.models import set_state
 from gossipser.learn.pool import SerialPool
-from gossipser.learn.trainers import TrainJob
 from gossipser.net.keys import Keyring, node_name
 from gossipser.net.links import open_transport
 from gossipser.net.node import NetNode, NetworkConfig

@@ -19,7 +19,7 @@ from gossipser.gossip.mixing import mixing_matrix
 from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.topology import build_topology
 from gossipser.learn.pool import make_pool
-from gossipser.learn.train import steps_per_epoch
+from gossipser.learn.settings import steps_per_epoch
 from gossipser.privacy.record import MessageLog
 from gossipser.sim.simulator import Simulator
 
@@ -49,7 +49,8 @@ def shadow_setup(setup: RunSetup, peers: list[int], *, seed: int, fraction: floa
     return dataclasses.replace(
         setup, parts=parts, graph=graph, mixing=mixing, seed=seed,
         train_idx=np.concatenate(parts), peer_sizes=tuple(len(p) for p in parts),
-        run_id=f"{setup.run_id}-shadow{seed % 10_000}")
+        run_id=f"{setup.run_id}-shadow{seed % 10_000}",
+        init_seed=setup.shared_seed, initial=dict(setup.initial))
 
 
 def shadow_log(setup: RunSetup, peers: list[int], *, rounds: int, seed: int,

@@ -19,7 +19,7 @@ from gossipser.gossip.mixing import Params, combine
 from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.wire import encode
-from gossipser.learn.trainers import TrainJob, TrainResult
+from gossipser.learn.jobs import TrainJob, TrainResult
 
 # sees every message a peer sends: (round, sender, destination, message); gossipser.privacy
 # records what an adversary would observe with one

@@ -37,7 +37,7 @@ from gossipser.gossip.algorithms import Outbox
 from gossipser.gossip.devices import device_speeds
 from gossipser.gossip.message import Message
 from gossipser.gossip.plan import RunSetup
-from gossipser.learn.trainers import TrainJob, TrainResult
+from gossipser.learn.jobs import TrainJob, TrainResult
 from gossipser.sim.simulator import CSV_COLUMNS, Simulator
 
 __all__ = ["CSV_COLUMNS", "VirtualSimulator", "make_simulator"]

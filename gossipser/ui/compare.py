@@ -16,7 +16,7 @@ from rich import box
 from rich.table import Table
 
 from gossipser.errors import ConfigError
-from gossipser.gossip.plan import GossipConfig
+from gossipser.gossip.settings import GossipConfig
 
 COLUMNS = ("method", "seed", "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean",
            "ua_avg_model", "wa_avg_model", "consensus_distance", "bytes_per_peer",
