@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.fft import irfft, rfft
 
 from gossipser.config import check_types
 from gossipser.errors import ConfigError
@@ -255,6 +254,7 @@ def _resonators(freqs: np.ndarray, bandwidths: np.ndarray, sr: int) -> np.ndarra
 
     The denominators are multiplied into one polynomial per row, whose response an FFT gives.
     """
+    from scipy.fft import rfft  # here: reading a corpus made earlier needs no scipy
     r = np.exp(-np.pi * bandwidths / sr)
     a1, a2 = -2.0 * r * np.cos(2.0 * np.pi * np.clip(freqs, 50.0, 0.45 * sr) / sr), r * r
     poly = np.zeros((len(freqs), 2 * freqs.shape[1] + 1))
@@ -273,6 +273,7 @@ def _frame_filter(x: np.ndarray, response: np.ndarray) -> np.ndarray:
     Hann-windowed frames are filtered in the frequency domain and overlap-added: a
     time-varying filter without a per-sample Python loop.
     """
+    from scipy.fft import irfft, rfft  # here: reading a corpus made earlier needs no scipy
     n, pad = len(x), _WIN - _HOP
     frames = sliding_window_view(np.concatenate([np.zeros(pad), x, np.zeros(_WIN)]), _WIN)
     frames = (frames[::_HOP] * np.hanning(_WIN + 1)[:-1]).astype(np.float32)
@@ -288,6 +289,7 @@ def _bursts(white: np.ndarray, env: np.ndarray, fric_hz: float, sr: int) -> np.n
 
     Its impulse response is short, so each burst is convolved on its own.
     """
+    from scipy.fft import irfft  # here: reading a corpus made earlier needs no scipy
     shape = _resonators(np.array([[fric_hz]]), np.array([1200.0]), sr) * (1.0 - _Z)
     h = irfft(shape[0], _NFFT)[:128]
     edges = np.flatnonzero(np.diff(np.concatenate([[0], env > 0, [0]]).astype(np.int8)))
