@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -256,11 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     early = _start_workers(args)
     try:
         if args.command != "simulate":  # its training processes do the torch work
-            import torch
+            from gossipser.learn.workers import torch_threads
 
-            # small models gain nothing from a second intra-op thread, and on a busy machine
-            # spinning OpenMP threads slow everything else down; processes give parallelism
-            torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+            torch_threads()
         return int(dispatch(args) or 0)
     except GossipserError as exc:
         from gossipser.ui.report import error_line

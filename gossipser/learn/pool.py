@@ -27,7 +27,9 @@ class SerialPool:
     def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *,
                  park: bool | None = None) -> None:
         from gossipser.learn.trainers import _Trainers  # torch: only where training runs
+        from gossipser.learn.workers import torch_threads
 
+        torch_threads()  # `simulate --workers 1` trains in the command's own process
         self._t = _Trainers(spec, shards, park=park)
         self.workers = 1
 

@@ -15,6 +15,19 @@ import signal
 DEFAULT_WORKERS = 2  # simulator training processes (GossipConfig.workers)
 
 
+def torch_threads() -> None:
+    """Import torch and give it one intra-op thread (GOSSIPSER_TORCH_THREADS: another count):
+    small models gain nothing from a second thread, and on a busy machine spinning OpenMP
+    threads slow everything else down; processes give the parallelism. Called by the command
+    (except `simulate`, whose own process leaves torch to its training processes) and by a
+    pool that trains in this process. `simulate` extracting features on a cold cache does it
+    with torch's default threads while its training processes wait: the features are the
+    same to the bit (checked with 1 and 2 threads)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+
+
 def _worker_main(conn) -> None:
     # Ctrl-C is the parent's to handle: it closes the pool, which stops this worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
