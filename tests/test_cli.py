@@ -442,7 +442,9 @@ def test_simulate_starts_its_workers_before_torch_is_imported():
     assert planned_workers(None, None, {"gossip": {"workers": "two"}}) == 0
 
 
-def test_simulate_runs_without_torch_in_its_own_process(tiny_corpus: Path, tmp_path: Path):
+@pytest.mark.parametrize("init", ["shared", "independent"])
+def test_simulate_runs_without_torch_in_its_own_process(init: str, tiny_corpus: Path,
+                                                        tmp_path: Path):
     # the command plans and mixes; its training processes build, train and score the models
     # (extracting features does need torch: done here first, as a cached corpus would be)
     from gossipser.data.dataset import load_dataset
@@ -458,14 +460,18 @@ def test_simulate_runs_without_torch_in_its_own_process(tiny_corpus: Path, tmp_p
         "from gossipser.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "run"
+    config = tmp_path / "run.toml"
+    config.write_text(f'[gossip]\ninit = "{init}"\n')
     done = subprocess.run(
-        [sys.executable, "-c", code, "simulate", "--data", str(tiny_corpus), "--rounds", "2",
+        [sys.executable, "-c", code, "simulate", "--config", str(config),
+         "--data", str(tiny_corpus), "--rounds", "2",
          "--local-epochs", "1", "--peers", "3", "--test-speakers", "spk04", "--display",
          "none", "--record-messages", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = _summary(out)
     assert summary["stopped"]["round"] == 2
+    assert summary["config"]["gossip"]["init"] == init
     assert 0.0 <= summary["final"]["ua_mean"] <= 1.0
 
 

@@ -250,6 +250,26 @@ def test_process_pool_matches_serial_pool(ds):
     assert_same_run(parallel, serial)
 
 
+@pytest.mark.parametrize("init", ["shared", "independent"])
+def test_training_processes_build_the_initial_models_this_process_would(ds, init):
+    here = make_setup(ds, peers=5, init=init)
+    there = make_setup(ds, peers=5, init=init)
+    with ProcessPool(there.pool_spec(), [there.shard(i) for i in range(5)], workers=2) as pool:
+        there.build_with(pool)
+        assert len(there.initial) == (1 if init == "shared" else 6)  # + the names' model
+        np.testing.assert_array_equal(initial_states(there), initial_states(here))
+        assert flatten(there.init).tobytes() == flatten(here.init).tobytes()
+        # another model never reuses a cached one, even with the cache shared by replace
+        cnn = dataclasses.replace(there, model=ModelConfig(kind="cnn", width=8))
+        assert set(cnn.init) != set(there.init)
+        assert set(cnn.init) == set(get_state(_Trainers(cnn.pool_spec(), [])._build()))
+        # a worker that fails to build answers with one line, and the pool goes on
+        with pytest.raises(GossipserError, match="training worker: ValueError"):
+            pool.initial_states(["not a seed", 1, 2])  # worker 0 fails, 1 answers
+        scores = pool.evaluate([there.init, there.init])
+        assert scores[0].ua == scores[1].ua
+
+
 def test_a_failed_job_is_one_error_and_the_pool_goes_on(ds, monkeypatch):
     """Jobs travel in chunks to both workers at once; a job that fails in a worker is one
     GossipserError once every answer is in, and the next call gets its own results only."""

@@ -60,38 +60,45 @@ class RunSetup:
     n_train: int = 0  # training utterances of the whole run (every peer's, loaded or not)
     peer_sizes: tuple[int, ...] = ()  # every peer's planned shard size (default: its part)
     init_seed: int | None = None  # the shared initial model's seed (None: `seed`)
-    # initial models by seed, built on first use here, or by a training pool (`build_with`)
-    initial: dict[int, Params] = dataclasses.field(default_factory=dict)
+    # initial models, built on first use here or by a training pool (`build_with`), keyed by
+    # what they are built from, so a `dataclasses.replace` with another model never reuses one
+    initial: dict[tuple, Params] = dataclasses.field(default_factory=dict, repr=False,
+                                                     compare=False)
 
     @property
     def init(self) -> Params:
-        """The shared initial model (from `init_seed`, by default the run seed)."""
-        return self._initial([self.shared_seed])[0]
+        """The shared initial model (from `init_seed`, by default the run seed); every run
+        reads it for the names and shapes a message carries, whatever `cfg.init` is."""
+        return self._initial(self.shared_seed)
 
     @property
     def shared_seed(self) -> int:
         return self.seed if self.init_seed is None else self.init_seed
 
-    def _seeds(self) -> list[int]:
-        return ([self.shared_seed] if self.cfg.init == "shared"
-                else [peer_seed(self.seed, pid) for pid in range(self.n_peers)])
+    def _key(self, seed: int) -> tuple:
+        return (seed, self.model, n_inputs(self.features, self.model), len(self.dataset.classes))
 
     def build_with(self, pool) -> None:
         """Have `pool` (with torch in its workers) build the initial models, so that this
         process needs no torch."""
-        seeds = [s for s in self._seeds() if s not in self.initial]
-        self.initial.update(zip(seeds, pool.initial_states(seeds), strict=True))
+        seeds = [self.shared_seed] + ([] if self.cfg.init == "shared" else
+                                      [peer_seed(self.seed, pid) for pid in range(self.n_peers)])
+        seeds = [s for s in dict.fromkeys(seeds) if self._key(s) not in self.initial]
+        self.initial.update(zip(map(self._key, seeds), pool.initial_states(seeds), strict=True))
 
-    def _initial(self, seeds: list[int]) -> list[Params]:
-        missing = [s for s in seeds if s not in self.initial]
-        if missing:
+    def _initial(self, seed: int, *, once: bool = False) -> Params:
+        """The initial model from `seed`; `once`: a peer's own, dropped from the cache when
+        taken (the peer keeps it; thousands of peers need not hold two copies)."""
+        key = self._key(seed)
+        got = self.initial.pop(key, None) if once else self.initial.get(key)
+        if got is None:
             from gossipser.learn.models import build_model, get_state  # torch
 
-            n = n_inputs(self.features, self.model)
-            self.initial.update((s, get_state(build_model(
-                self.model, n_features=n, n_classes=len(self.dataset.classes), seed=s)))
-                for s in missing)
-        return [self.initial[s] for s in seeds]
+            got = get_state(build_model(self.model, n_features=key[2], n_classes=key[3],
+                                        seed=seed))
+            if not once:
+                self.initial[key] = got
+        return got
 
     @property
     def n_peers(self) -> int:
@@ -157,7 +164,7 @@ class RunSetup:
     def initial_params(self, pid: int) -> Params:
         if self.cfg.init == "shared":
             return self.init
-        return self._initial([peer_seed(self.seed, pid)])[0]
+        return self._initial(peer_seed(self.seed, pid), once=True)
 
     def make_peer(self, pid: int, attack: Attack | None = None) -> Peer:
         row = {int(j): float(self.mixing[pid, j]) for j in np.flatnonzero(self.mixing[pid])}

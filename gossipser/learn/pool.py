@@ -171,9 +171,16 @@ class ProcessPool:
         for w, idx in parts.items():
             self._conns[w].send((op, [items[i] for i in idx]))
         out: list = [None] * len(items)
-        for w, idx in parts.items():
-            for i, s in zip(idx, self._recv(self._conns[w]), strict=True):
+        error = None
+        for w, idx in parts.items():  # every answer is read, even after an error
+            status, payload = _answer(self._conns[w])
+            if status in ("error", "died"):
+                error = error or payload
+                continue
+            for i, s in zip(idx, payload, strict=True):
                 out[i] = s
+        if error is not None:
+            raise GossipserError(error)
         return out
 
     def close(self, *, now: bool = False) -> None:
