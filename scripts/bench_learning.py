@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich import box
 from rich.table import Table
 
@@ -36,6 +34,7 @@ from gossipser.errors import GossipserError
 from gossipser.gossip.plan import setup_run
 from gossipser.learn.centralized import train_centralized
 from gossipser.learn.pool import make_pool
+from gossipser.learn.workers import torch_threads
 from gossipser.sim.simulator import Simulator
 from gossipser.ui.compare import pm
 from gossipser.ui.report import error_line, make_console
@@ -61,7 +60,7 @@ def script_parser(doc: str | None) -> argparse.ArgumentParser:
 
 def script_main(args: argparse.Namespace, run: Callable[[argparse.Namespace, Any], int]) -> int:
     """Run a benchmark script: one torch thread, a console, a GossipserError as one line."""
-    torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+    torch_threads()
     console = make_console()
     try:
         return run(args, console)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 
 from gossipser.cli.commands import load_data, resolve_test_speakers
 from gossipser.cli.options import gossip_config, run_configs
@@ -43,6 +42,7 @@ from gossipser.learn.centralized import train_centralized
 from gossipser.learn.models import build_model, count_parameters
 from gossipser.learn.pool import make_pool
 from gossipser.learn.settings import ModelConfig, TrainConfig, n_inputs
+from gossipser.learn.workers import torch_threads
 from gossipser.sim.virtual import make_simulator
 from gossipser.ui.compare import (
     CATALOG,
@@ -332,8 +332,7 @@ def run_all(args: argparse.Namespace, console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # as the CLI: small models gain nothing from a second torch thread; processes give speed
-    torch.set_num_threads(int(os.environ.get("GOSSIPSER_TORCH_THREADS", "1")))
+    torch_threads()  # as the CLI
     try:
         return run_all(args, make_console())
     except GossipserError as exc:

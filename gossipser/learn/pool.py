@@ -12,11 +12,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import wait as mp_wait
+from typing import TYPE_CHECKING
 
 from gossipser.errors import GossipserError
 from gossipser.learn.jobs import Params, PoolSpec, Shard, TrainJob, TrainResult
 from gossipser.learn.metrics import Scores
 from gossipser.learn.workers import WorkerProcesses
+
+if TYPE_CHECKING:  # torch: only where training runs
+    from gossipser.learn.train import LocalTrainer
 
 CHUNK = 16  # training jobs per message to a worker process
 
@@ -36,7 +40,7 @@ class SerialPool:
     def steps_per_epoch(self) -> dict[int, int]:
         return self._t.steps_per_epoch()
 
-    def trainer(self, peer: int):  # -> LocalTrainer
+    def trainer(self, peer: int) -> LocalTrainer:
         return self._t.trainers[peer]
 
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:

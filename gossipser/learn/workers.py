@@ -46,13 +46,13 @@ def _worker_main(conn) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         os._exit(1)
     conn.send(("ready", trainers.steps_per_epoch()))
+    ops = {"train": trainers.train, "evaluate": trainers.evaluate, "initial": trainers.initial}
     while True:
         op, payload = conn.recv()
-        if op not in ("train", "evaluate", "initial"):
+        work = ops.get(op)
+        if work is None:
             os._exit(0)  # nothing to flush; skipping torch's teardown saves a second
         try:
-            work = {"train": trainers.train, "evaluate": trainers.evaluate,
-                    "initial": trainers.initial}[op]
             conn.send(("ok", [work(item) for item in payload]))
         except Exception as exc:  # reported to the parent as one line, the worker lives on
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
