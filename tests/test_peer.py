@@ -580,6 +580,22 @@ def test_combine_is_a_per_parameter_weighted_average():
     np.testing.assert_allclose(out["b"], [1.5], **F32)
 
 
+def test_combine_reuses_no_stale_values_and_matches_one_stacked_product():
+    """The stacking buffer is reused between calls of any size (and skipped when huge): each
+    result is still the float64 product of the weights and a fresh stack, to the bit."""
+    rng = np.random.default_rng(3)
+    for n, size in ((5, 300), (2, 7), (9, 1000), (3, 2), (700, 4000)):
+        states = [{"w": rng.standard_normal((size,)).astype(np.float32),
+                   "m": rng.standard_normal((2, 3)).astype(np.float32)} for _ in range(n)]
+        weights = rng.random(n) + 0.1
+        out = combine(states, weights)
+        w = weights / weights.sum()
+        for k in ("w", "m"):
+            stacked = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
+            want = (w @ stacked).astype(np.float32).reshape(states[0][k].shape)
+            assert out[k].dtype == np.float32 and out[k].tobytes() == want.tobytes()
+
+
 def test_every_algorithm_survives_a_lossy_round():
     """No algorithm needs every message: half lost, the round still closes."""
     rng = np.random.default_rng(0)

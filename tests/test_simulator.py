@@ -525,3 +525,21 @@ def test_cli_simulate_starts_workers_early_and_stops_them_on_a_bad_input(
     summary = json.loads((tmp_path / "good" / "summary.json").read_text())
     assert 0 < summary["setup_s"] < 120
     assert multiprocessing.active_children() == []
+
+
+def test_consensus_distance_streams_the_same_figures_as_one_stacked_copy():
+    """Mean summed model by model and differences a block at a time: the same sums in the
+    same order as stacking every model, private and statistic entries left out."""
+    rng = np.random.default_rng(5)
+    states = [{"a": rng.standard_normal((4, 5)).astype(np.float32),
+               "b": rng.standard_normal(3).astype(np.float32),
+               "bn.running_mean": rng.standard_normal(3).astype(np.float32),
+               "secret": rng.standard_normal(2).astype(np.float32)} for _ in range(37)]
+    dist, per_peer = consensus_distance_of(states, skip=frozenset({"secret"}), block=16)
+    want = np.zeros(37)
+    for k in ("a", "b"):
+        x = np.stack([np.ravel(s[k]) for s in states])
+        d = x - x.mean(axis=0, dtype=np.float64)
+        want += np.einsum("ij,ij->i", d, d)
+    assert per_peer.tobytes() == want.tobytes() and dist == float(want.mean())
+    assert consensus_distance_of(states[:1])[0] == 0.0

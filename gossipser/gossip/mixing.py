@@ -15,6 +15,7 @@ self-loops) raise ``TopologyError``; an unknown mixing name raises ``ConfigError
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 
 import networkx as nx
@@ -25,6 +26,23 @@ from gossipser.errors import ConfigError, TopologyError
 _ATOL = 1e-9
 
 Params = dict[str, np.ndarray]  # one model state: parameter name -> array
+
+
+_scratch = threading.local()  # per thread: one float64 buffer `combine` stacks into
+_SCRATCH_MAX = 1 << 21  # elements (16 MB): a larger stack (an average of every peer) is fresh
+
+
+def _stacking_buffer(rows: int, size: int) -> np.ndarray:
+    """A (rows, size) float64 array, a view of this thread's reused buffer where it fits:
+    a fresh stack per parameter and merge costs a simulator of 1,000 peers more in page
+    faults than the products themselves."""
+    n = rows * size
+    if n > _SCRATCH_MAX:
+        return np.empty((rows, size))
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _scratch.buf = np.empty(n)
+    return buf[:n].reshape(rows, size)
 
 
 def combine(states: Sequence[Params], weights: Sequence[float]) -> Params:
@@ -38,7 +56,9 @@ def combine(states: Sequence[Params], weights: Sequence[float]) -> Params:
     w = w / w.sum()
     out = {}
     for k, first in states[0].items():
-        stacked = np.stack([np.ravel(s[k]) for s in states]).astype(np.float64)
+        stacked = _stacking_buffer(len(states), first.size)
+        for j, s in enumerate(states):
+            stacked[j] = np.ravel(s[k])
         out[k] = (w @ stacked).astype(first.dtype).reshape(first.shape)
     return out
 

@@ -46,19 +46,31 @@ def flatten(params: Params) -> np.ndarray:
 
 
 def consensus_distance_of(states: Sequence[Params], *, skip: frozenset[str] = frozenset(),
-                          ) -> tuple[float, np.ndarray]:
+                          block: int = 16) -> tuple[float, np.ndarray]:
     """((1/n) sum_i ||theta_i - theta_bar||^2 over trained parameters, per-peer distances);
     `skip` names parameters left out (private layers, which never agree).
 
-    Accumulated one parameter at a time, without a copy of every model; the mean and the
-    differences are float64, the stacked parameters keep their dtype (one copy, not two)."""
-    per_peer = np.zeros(len(states))
+    One parameter at a time: its float64 mean summed model by model, then the differences
+    of `block` models at a time in one reused buffer. No copy of every model is made (at
+    1,000 peers the stacked copies cost more in page faults than in arithmetic), and the
+    figures are those of stacking them all: the same sums in the same order."""
+    n = len(states)
+    per_peer = np.zeros(n)
     for k in states[0]:
         if is_statistic(k) or k in skip:
             continue
-        x = np.stack([np.ravel(s[k]) for s in states])
-        d = x - x.mean(axis=0, dtype=np.float64)
-        per_peer += np.einsum("ij,ij->i", d, d)
+        mean = np.ravel(states[0][k]).astype(np.float64)
+        for s in states[1:]:
+            mean += np.ravel(s[k])
+        mean /= n
+        buf = np.empty((min(block, n), mean.size))
+        for start in range(0, n, block):
+            rows = states[start:start + block]
+            d = buf[: len(rows)]
+            for j, s in enumerate(rows):
+                d[j] = np.ravel(s[k])
+            d -= mean
+            per_peer[start:start + len(rows)] += np.einsum("ij,ij->i", d, d)
     return float(per_peer.mean()), per_peer
 
 
