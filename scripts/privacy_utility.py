@@ -39,6 +39,10 @@ ROWS = {
     # every BatchNorm's running statistics: unused at inference under bn_stats = speaker
     "private-bn-stats": ["--private-layers", "bn-stats"],
     "private-bn-stats+block": ["--private-layers", "bn-stats,features.0"],
+    # every peer starts from a model of its own: no neighbour knows what its first update
+    # started from, and later updates carry the mixing of models that still disagree
+    "independent-init": ["--init", "independent"],
+    "independent-init+bn-stats": ["--init", "independent", "--private-layers", "bn-stats"],
 }
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 
@@ -84,7 +88,7 @@ def run_row(name: str, args: argparse.Namespace, extra: list[str], data: str | N
             "ua_min": summary["final"]["ua_min"], "epsilon": summary.get("epsilon_max"),
             "rounds_run": summary["stopped"]["round"], "auc": attack["auc"],
             "ci": attack["ci"], "control": attack["control_auc"],
-            "chosen_layers": attack["chosen_layers"],
+            "chosen_layers": attack["chosen_layers"], "auc_by_round": attack["auc_by_round"],
             "first_layer_auc": next(iter(attack["per_layer"].values()))["auc"]}
 
 

@@ -58,6 +58,8 @@ def test_attack_infers_the_planted_gender(attacked: dict) -> None:
     assert lo <= attacked["auc"] <= hi
     assert attacked["attribute"]["classes"] == ["female", "male"]
     assert {"features.0.0", "head.1"} <= set(attacked["per_layer"])
+    # one recorded round: the attacker of that round alone is the attacker of all rounds
+    assert attacked["auc_by_round"] == {"1": attacked["auc_by_rounds_seen"]["1"]}
 
 
 def test_attack_is_at_chance_when_the_attribute_is_shuffled(attacked: dict) -> None:

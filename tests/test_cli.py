@@ -461,9 +461,11 @@ def test_simulate_runs_without_torch_in_its_own_process(init: str, tiny_corpus: 
         "sys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "run"
     config = tmp_path / "run.toml"
-    config.write_text(f'[gossip]\ninit = "{init}"\n')
+    config.write_text('[gossip]\ninit = "shared"\n')
+    # shared from the config file; independent from the flag, which wins over the file
+    flag = ["--init", init] if init == "independent" else []
     done = subprocess.run(
-        [sys.executable, "-c", code, "simulate", "--config", str(config),
+        [sys.executable, "-c", code, "simulate", "--config", str(config), *flag,
          "--data", str(tiny_corpus), "--rounds", "2",
          "--local-epochs", "1", "--peers", "3", "--test-speakers", "spk04", "--display",
          "none", "--record-messages", "1", "--out", str(out)],

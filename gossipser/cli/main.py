@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "'gossipser[ray]')")
     g.add_argument("--ray-address", metavar="HOST:PORT", help="join the Ray cluster started "
                    "there with `ray start --head` (default: a local Ray)")
+    g.add_argument("--init", choices=("shared", "independent"), help="initial models: one "
+                   "for all peers from the run seed (default), or one per peer from its own "
+                   "seed (no neighbour knows a peer's starting point)")
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last, bn-stats (every "
                    "BatchNorm's running statistics) or module names (e.g. features.0.0), "

@@ -73,5 +73,5 @@ def gossip_config(args: Any, doc: dict):
             "partition", "drop", "churn", "stragglers", "fraction", "eval_every", "workers",
             "patience", "private_layers", "robust", "byzantine", "attack", "backend",
             "ray_address", "clock", "device_speed", "step_time", "latency", "bandwidth",
-            "churn_period", "wait")
+            "churn_period", "wait", "init")
     return build(GossipConfig, doc.get("gossip", {}), {k: a.get(k) for k in keys}, "gossip")

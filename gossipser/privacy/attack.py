@@ -274,6 +274,10 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
     by_rounds = {k: _pooled_auc(y, np.nan_to_num([_mean_logit(res["logits"][p], k)
                                                   for p in scored]), fid)
                  for k in range(1, log.rounds + 1)}
+    # the attacker who sees round r alone: how the leak moves as the peers train and agree
+    by_round = {r: _pooled_auc(y, np.nan_to_num([res["logits"][p].get(r, np.nan)
+                                                 for p in scored]), fid)
+                for r in range(1, log.rounds + 1)}
     control = []
     for i in range(controls):
         if progress:
@@ -289,7 +293,7 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
         **overall, "chosen_layers": res["chosen"], "per_layer": per_layer,
         "control_auc": ({"mean": float(np.mean(control)), "std": float(np.std(control)),
                          "runs": len(control)} if control else None),
-        "auc_by_rounds_seen": by_rounds,
+        "auc_by_rounds_seen": by_rounds, "auc_by_round": by_round,
         "targets": len(scored), "rounds_recorded": log.rounds, "folds": folds,
         "shadow": {"runs_per_fold": cfg.repeats, "fraction": cfg.fraction,
                    "examples_per_fold": [sum(len(v) for v in m.shadow.values())
