@@ -305,7 +305,8 @@ def test_parked_trainers_match_live_trainers(ds):
                       **gossip)
     assert not live.pool._t.park and live.pool._t.trainers
     assert parked.pool._t.park and not parked.pool._t.trainers  # no module per peer
-    assert set(parked.pool._t.parked) == set(range(6))
+    sharing = parked.pool._t.sharing  # a trainer per peer, all on the one shared module
+    assert set(sharing) == set(range(6)) and len({id(t.model) for t in sharing.values()}) == 1
     assert_same_run(parked, live)
     # many peers in a process park by default
     many = [Shard(peer=i, x=np.zeros((4, 3), np.float32), y=np.zeros(4, int), seed=i)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -116,21 +117,32 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+_FLOATING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _floating(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's floating state_dict entries, which share memory with its parameters and
+    buffers (updated in place by training and loading): looked up once per module, since a
+    state_dict walk costs as much as a DNN's optimiser step when a process trains thousands
+    of peers in turn."""
+    own = _FLOATING.get(model)
+    if own is None:
+        own = _FLOATING[model] = {k: v for k, v in model.state_dict().items()
+                                  if v.is_floating_point()}
+    return own
+
+
 def get_state(model: nn.Module) -> dict[str, np.ndarray]:
     """Every floating tensor of the model (parameters and BatchNorm statistics) as numpy copies.
 
     This is exactly what peers exchange and what a saved model holds.
     """
-    return {
-        k: v.detach().cpu().numpy().copy()
-        for k, v in model.state_dict().items()
-        if v.is_floating_point()
-    }
+    return {k: v.detach().cpu().numpy().copy() for k, v in _floating(model).items()}
 
 
 def set_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
     """Load arrays produced by `get_state` (names and shapes must match)."""
-    own = model.state_dict()
+    own = _floating(model)
     with torch.no_grad():
         for k, arr in state.items():
             if k not in own or tuple(own[k].shape) != tuple(arr.shape):

@@ -12,7 +12,7 @@ import torch
 
 from gossipser.learn.jobs import Params, PoolSpec, Shard, TrainJob, TrainResult
 from gossipser.learn.metrics import Scores
-from gossipser.learn.models import build_model, get_state, set_state
+from gossipser.learn.models import attach_generator, build_model, get_state, set_state
 from gossipser.learn.settings import steps_per_epoch
 from gossipser.learn.train import LocalTrainer, evaluate
 
@@ -24,9 +24,11 @@ class _Trainers:
 
     Live (up to `PARK_ABOVE` peers, or `park=False`): one `LocalTrainer` (torch module, Adam)
     per peer, kept between rounds. Parked (more peers, as when a simulation holds thousands):
-    between rounds a peer is only its shard and its trainer's state (Adam's moment tensors,
-    the step count, RNG states: what a checkpoint holds); a job unparks it into one module the
-    process shares, trains, and parks it again. Both give the same weights.
+    no module per peer. Each peer keeps a `LocalTrainer` of its own (its shard, Adam and its
+    moment tensors, RNG streams) built on the one module the process shares, into which a job
+    loads the peer's weights. DP-SGD wraps a module per trainer, so a private peer is parked
+    instead: between jobs only its trainer's state (what a checkpoint holds), unparked into a
+    fresh module. All three give the same weights.
     """
 
     def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *,
@@ -34,7 +36,8 @@ class _Trainers:
         self.spec = spec
         self.shards = {s.peer: s for s in shards}
         self.park = len(self.shards) > PARK_ABOVE if park is None else park
-        self.parked: dict[int, dict] = {}  # LocalTrainer.park(): tensors, no module
+        self.parked: dict[int, dict] = {}  # DP-SGD: LocalTrainer.park(), tensors, no module
+        self.sharing: dict[int, LocalTrainer] = {}  # otherwise: trainers on `_module`
         self._module: torch.nn.Module | None = None  # parked peers train in this one
         self.trainers = {} if self.park else {s.peer: self._trainer(s) for s in shards}
         self.eval_model = self._build()
@@ -49,16 +52,19 @@ class _Trainers:
                             seed=s.seed, planned_steps=s.planned_steps)
 
     def _unpark(self, peer: int) -> LocalTrainer:
-        """Peer `peer`'s trainer in the shared module, in the state it was parked in (a fresh
-        one at its first job). DP-SGD wraps its module for per-sample gradients, so each
-        private trainer gets a module of its own."""
-        if self.spec.train.dp is not None:
-            model = self._build()
-        else:
+        """Peer `peer`'s trainer on the shared module (its dropout drawing from the peer's
+        own stream again), built at its first job. DP-SGD wraps its module for per-sample
+        gradients, so a private trainer is rebuilt on a module of its own each job, in the
+        state it was parked in."""
+        if self.spec.train.dp is None:
             if self._module is None:
                 self._module = self._build()
-            model = self._module
-        t = self._trainer(self.shards[peer], model)
+            t = self.sharing.get(peer)
+            if t is None:
+                t = self.sharing[peer] = self._trainer(self.shards[peer], self._module)
+            attach_generator(self._module, t.dropout_generator)
+            return t
+        t = self._trainer(self.shards[peer], self._build())
         parked = self.parked.get(peer)
         if parked is not None:
             t.unpark(parked)
@@ -78,7 +84,7 @@ class _Trainers:
         before, t0 = t.samples_done, time.perf_counter()
         loss = t.train_steps(job.steps)
         seconds = time.perf_counter() - t0
-        if self.park:
+        if self.park and self.spec.train.dp is not None:
             self.parked[job.peer] = t.park()
         return TrainResult(peer=job.peer, params=get_state(t.model), loss=loss, steps=job.steps,
                            samples=t.samples_done - before, epsilon=t.epsilon,
