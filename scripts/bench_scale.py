@@ -12,8 +12,9 @@ warms up, the last one's evaluation is left out):
 - resident memory (this process plus the workers, at the end of the run), per peer, and the
   marginal memory of one more peer between successive counts.
 
-A process holding more than `PARK_ABOVE` peers keeps no torch module per peer: between jobs a
-peer is its shard and its optimiser state as arrays (`gossipser.learn.trainers._Trainers`).
+A process holding more than `PARK_ABOVE` peers keeps no torch module per peer: each peer's
+trainer (its shard, Adam state and RNG streams) trains the one module the process shares
+(`gossipser.learn.trainers._Trainers`).
 
 Run: .venv/bin/python scripts/bench_scale.py --peers 100,1000,5000 --model dnn|cnn
      [--rounds 3] [--per-peer 6] [--workers 2] [--cache-dir DIR]
