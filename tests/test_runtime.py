@@ -703,6 +703,27 @@ async def test_a_peer_records_what_its_neighbours_sent_it(ds: Dataset, tmp_path:
         NetworkConfig(record_messages=-1)
 
 
+async def test_independent_init_starts_each_networked_peer_from_a_secret_model(
+        ds: Dataset, tmp_path: Path) -> None:
+    """init = independent: what a peer first sends (no training: its initial model) is
+    neither the shared model nor the one the run seed gives it, so a neighbour cannot
+    subtract the start from the first update."""
+    setup = make_setup(ds, "dpsgd", rounds=1, local_epochs=0, init="independent")
+
+    await run_network(setup, tcp_net(record_messages=1), tmp_path)
+
+    log = MessageLog.load(tmp_path / "peer-0" / "messages.npz")
+    firsts = {j: log.sent[(1, j)] for j in setup.graph.neighbors(0)}
+    assert len(firsts) == 2
+    for j, sent in firsts.items():
+        derivable = setup.initial_params(j)
+        assert sent.keys() == derivable.keys()
+        assert all(sent[k].shape == derivable[k].shape for k in sent)
+        assert max_diff(sent, derivable) > 1e-3 and max_diff(sent, setup.init) > 1e-3
+    a, b = firsts.values()
+    assert max_diff(a, b) > 1e-3
+
+
 # no round barrier ---------------------------------------------------------------------------
 @pytest.mark.parametrize("barrier", [True, False])
 async def test_push_sum_without_a_barrier_never_waits(ds: Dataset, tmp_path: Path, barrier):

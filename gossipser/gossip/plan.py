@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import secrets
 from dataclasses import dataclass
 
 import networkx as nx
@@ -165,6 +166,13 @@ class RunSetup:
         if self.cfg.init == "shared":
             return self.init
         return self._initial(peer_seed(self.seed, pid), once=True)
+
+    def secret_initial(self) -> Params:
+        """A model from a seed drawn from the operating system's randomness: a networked
+        peer's start under init = "independent", which no neighbour can rebuild and subtract
+        from its first update. (A simulation derives every peer's from the run seed so that
+        it can be repeated; its attacker is not given the seeds.)"""
+        return self._initial(secrets.randbelow(2**31), once=True)
 
     def make_peer(self, pid: int, attack: Attack | None = None) -> Peer:
         row = {int(j): float(self.mixing[pid, j]) for j in np.flatnonzero(self.mixing[pid])}

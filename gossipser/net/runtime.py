@@ -185,6 +185,8 @@ async def run_peer(
         trainer.load_state(extra)
         peer.restore(header)
         start, rows = header["round"] + 1, header["rows"]
+    elif cfg.init == "independent":
+        peer.params = setup.secret_initial()
     allowed = {SERVER_ID} if cfg.algorithm == "fedavg" else set(peer.neighbours)
     pending: list[Message] = []
     busy = {"training": False, "global": 0}
