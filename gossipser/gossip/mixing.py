@@ -28,21 +28,27 @@ _ATOL = 1e-9
 Params = dict[str, np.ndarray]  # one model state: parameter name -> array
 
 
-_scratch = threading.local()  # per thread: one float64 buffer `combine` stacks into
+_scratch = threading.local()  # per thread: one float64 buffer the stacks below reuse
 _SCRATCH_MAX = 1 << 21  # elements (16 MB): a larger stack (an average of every peer) is fresh
 
 
-def _stacking_buffer(rows: int, size: int) -> np.ndarray:
-    """A (rows, size) float64 array, a view of this thread's reused buffer where it fits:
-    a fresh stack per parameter and merge costs a simulator of 1,000 peers more in page
-    faults than the products themselves."""
+def stack_float64(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The arrays, raveled, as the rows of a float64 matrix held in this thread's reused
+    buffer where it fits, so valid only until the next call in the thread: a fresh stack per
+    parameter and merge costs a simulator of 1,000 peers more in page faults than the
+    products themselves. The values are those of `np.stack(...).astype(np.float64)`."""
+    rows, size = len(arrays), np.size(arrays[0])
     n = rows * size
     if n > _SCRATCH_MAX:
-        return np.empty((rows, size))
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < n:
-        buf = _scratch.buf = np.empty(n)
-    return buf[:n].reshape(rows, size)
+        out = np.empty((rows, size))
+    else:
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or buf.size < n:
+            buf = _scratch.buf = np.empty(n)
+        out = buf[:n].reshape(rows, size)
+    for j, a in enumerate(arrays):
+        out[j] = np.ravel(a)
+    return out
 
 
 def combine(states: Sequence[Params], weights: Sequence[float]) -> Params:
@@ -56,9 +62,7 @@ def combine(states: Sequence[Params], weights: Sequence[float]) -> Params:
     w = w / w.sum()
     out = {}
     for k, first in states[0].items():
-        stacked = _stacking_buffer(len(states), first.size)
-        for j, s in enumerate(states):
-            stacked[j] = np.ravel(s[k])
+        stacked = stack_float64([s[k] for s in states])
         out[k] = (w @ stacked).astype(first.dtype).reshape(first.shape)
     return out
 
