@@ -11,7 +11,15 @@ import pytest
 from gossipser.cli.main import main
 from gossipser.errors import ConfigError
 from gossipser.gossip.message import Message
-from gossipser.privacy.attack import _auc, observed_updates
+from gossipser.privacy.attack import (
+    ALL,
+    AttackConfig,
+    _attack,
+    _auc,
+    _Fold,
+    observed_updates,
+    windows_of,
+)
 from gossipser.privacy.attributes import read_attribute_file
 from gossipser.privacy.record import MessageLog
 
@@ -165,3 +173,37 @@ def test_every_algorithm_can_be_recorded_and_attacked(voices: Path, tmp_path: Pa
     result = json.loads((out / "attack.json").read_text())
     assert result["targets"] == 14 and 0.0 <= result["auc"] <= 1.0
     assert result["control_auc"] is None
+
+
+def test_attacker_keeps_the_rounds_that_leak_and_not_the_noise_after() -> None:
+    # Prepare: 24 shadow peers (4 shadow runs each) and 12 targets over 20 rounds; the
+    # attribute moves one of 64 weights in round 1 only; later rounds are noise, on which
+    # the per-round classifiers overfit and score the targets at random
+    rng = np.random.default_rng(0)
+    labels = np.array([i % 2 for i in range(36)])
+    targets, shadow_peers, rounds = list(range(24, 36)), list(range(24)), 20
+
+    def update(p: int, r: int) -> dict:
+        x = rng.normal(size=64)
+        x[0] += (2.0 if labels[p] else -2.0) if r == 1 else 0.0
+        return {"w": x}
+
+    shadow = {r: [(p, rep, update(p, r)) for rep in range(4) for p in shadow_peers]
+              for r in range(1, rounds + 1)}
+    fold = _Fold(targets=targets, shadow=shadow,
+                 seen={p: {r: update(p, r) for r in range(1, rounds + 1)} for p in targets})
+    cfg = AttackConfig(seed=0)
+    windows = windows_of(rounds)
+
+    # Execute
+    res = _attack([fold], labels, {"w": ["w"], ALL: ["w"]}, cfg, windows)
+
+    # Assert: the shadow cross-validation picks round 1 alone, which ranks the targets
+    # better than the mean over all 20 rounds does
+    (_, window), = res["chosen"]
+    assert window == 1
+    y = labels[targets]
+    first = _auc(y, np.array([res["logits"][p][1] for p in targets]))
+    over_all = _auc(y, np.array([np.mean(list(res["logits"][p].values())) for p in targets]))
+    assert first >= 0.85 and over_all < 0.7
+    assert windows == [1, 2, 3, 5, 10, 20]

@@ -94,7 +94,9 @@ def _table(result: dict) -> Table:
                   f"{result['targets']} targets", title_justify="left")
     for name in ("layer", "AUC", "95 % CI", "balanced acc.", "shadow AUC"):
         table.add_column(name, justify="left" if name == "layer" else "right")
-    chosen = ", ".join(dict.fromkeys(result["chosen_layers"]))
+    chosen = ", ".join(dict.fromkeys(
+        f"{g}, rounds 1-{w}" if w > 1 else f"{g}, round 1"
+        for g, w in zip(result["chosen_layers"], result["chosen_rounds"], strict=True)))
     rows = [(f"[bold]attack[/] (chose {chosen})", result)] + list(result["per_layer"].items())
     for name, r in rows:
         lo, hi = r["ci"]

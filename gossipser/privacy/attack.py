@@ -10,8 +10,11 @@ same target (round 1: minus the shared initial model, which every peer knows).
 Method: shadow training, k-fold over the run's peers. For the targets of one fold, the
 attacker runs the peers of the other folds as shadow peers (`shadow.py`) several times,
 labels their updates with their known attribute, and fits one logistic regression per layer
-and round (and one on all layers). A target's score is the mean logit over the rounds its
-observer saw; AUC and balanced accuracy are over all targets, with a bootstrap 95 % interval.
+and round (and one on all layers). A target's score is the mean logit over what its observer
+saw in rounds 1 to K. The attacker picks the layer and K per fold by a cross-validation over its
+shadow peers alone (a leak that sits in the first update is not diluted by the rounds after
+it, and one that builds up over rounds is summed). AUC and balanced accuracy are over all
+targets, with a bootstrap 95 % interval.
 """
 
 from __future__ import annotations
@@ -136,6 +139,11 @@ def _fit_predict(x_train, y_train, x_test, c: float, seed: int) -> np.ndarray:
     return model.decision_function(x_test)
 
 
+def windows_of(rounds: int) -> list[int]:
+    """The round windows the attacker may keep, as K for "rounds 1 to K"."""
+    return [k for k in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if k < rounds] + [rounds]
+
+
 def _folds(labels: np.ndarray, k: int, seed: int) -> list[list[int]]:
     """Peers with a known label dealt into k folds, each class spread evenly."""
     rng = np.random.default_rng([seed, 43])
@@ -154,10 +162,11 @@ Progress = Callable[[str], None]
 
 @dataclass
 class _Fold:
-    """One fold's material: shadow updates (round -> [(peer, update)]) and the targets'."""
+    """One fold's material: shadow updates (round -> [(peer, shadow run, update)]) and the
+    targets' (target -> round -> update)."""
 
     targets: list[int]
-    shadow: dict[int, list[tuple[int, dict]]]
+    shadow: dict[int, list[tuple[int, int, dict]]]
     seen: dict[int, dict[int, dict]]
 
 
@@ -167,7 +176,7 @@ def _collect(setup: RunSetup, log: MessageLog, folds: list[list[int]], cfg: Atta
     out = []
     for f, fold in enumerate(folds):
         shadow_peers = [p for g, other in enumerate(folds) if g != f for p in other]
-        train: dict[int, list[tuple[int, dict]]] = {}
+        train: dict[int, list[tuple[int, int, dict]]] = {}
         for rep in range(cfg.repeats):
             if progress:
                 progress(f"fold {f + 1}/{len(folds)}: shadow run {rep + 1}/{cfg.repeats} "
@@ -177,24 +186,27 @@ def _collect(setup: RunSetup, log: MessageLog, folds: list[list[int]], cfg: Atta
                                 fraction=cfg.fraction, workers=cfg.workers)
             for i, p in enumerate(shadow_peers):
                 for r, upd in observed_updates(shadow, i, init).items():
-                    train.setdefault(r, []).append((p, upd))
+                    train.setdefault(r, []).append((p, rep, upd))
         out.append(_Fold(targets=fold, shadow=train,
                          seen={p: observed_updates(log, p, init) for p in fold}))
     return out
 
 
 def _fold_logits(fold: _Fold, labels: np.ndarray, names: list[str], cfg: AttackConfig,
-                 inner_cv: bool = True) -> tuple[dict[int, dict[int, float]], float]:
+                 windows: list[int], inner_cv: bool = True,
+                 ) -> tuple[dict[int, dict[int, float]], dict[int, float]]:
     """(target -> round -> logit, from classifiers fitted on the fold's shadow updates;
-    the AUC of the same recipe in a 2-fold cross-validation over the shadow peers, each
-    class dealt evenly, which is all the attacker can know about how well a layer works)."""
+    window K -> the AUC of the same recipe, scores averaged over the first K rounds, in a
+    2-fold cross-validation over the shadow peers, each class dealt evenly: all the attacker
+    can know about how well a layer and a window work)."""
     logits: dict[int, dict[int, float]] = {p: {} for p in fold.targets}
-    inner_y, inner_s, inner_f = [], [], []
+    # half -> (shadow peer, shadow run) -> round -> held-out logit
+    held_out: list[dict[tuple[int, int], dict[int, float]]] = [{}, {}]
     for r, rows in fold.shadow.items():
-        ys = np.array([labels[p] for p, _ in rows])
+        ys = np.array([labels[p] for p, _, _ in rows])
         if min(np.bincount(ys, minlength=2)) < 2:
             continue
-        x = np.stack([_vector(u, names) for _, u in rows])
+        x = np.stack([_vector(u, names) for _, _, u in rows])
         who = [p for p in fold.targets if r in fold.seen[p]]
         if who:
             s = _fit_predict(x, ys, np.stack([_vector(fold.seen[p][r], names) for p in who]),
@@ -203,38 +215,51 @@ def _fold_logits(fold: _Fold, labels: np.ndarray, names: list[str], cfg: AttackC
                 logits[p][r] = float(v)
         if not inner_cv:
             continue
-        peers = np.array([p for p, _ in rows])
+        peers = np.array([p for p, _, _ in rows])
         order = [p for c in (0, 1) for p in sorted({q for q in peers.tolist()
                                                     if labels[q] == c})]
         for k in range(2):
             held = np.isin(peers, order[k::2])
             if min(np.bincount(ys[~held], minlength=2)) < 2 or not held.any():
                 continue
-            inner_s.append(_fit_predict(x[~held], ys[~held], x[held], cfg.c, cfg.seed))
-            inner_y.append(ys[held])
-            inner_f.append(np.full(held.sum(), r * 2 + k))
-    inner = (_pooled_auc(np.concatenate(inner_y), np.concatenate(inner_s),
-                         np.concatenate(inner_f)) if inner_y else float("nan"))
+            scores = _fit_predict(x[~held], ys[~held], x[held], cfg.c, cfg.seed)
+            for i, v in zip(np.flatnonzero(held), scores, strict=True):
+                held_out[k].setdefault(rows[i][:2], {})[r] = float(v)
+    inner = {}
+    for w in windows if inner_cv else []:
+        y, s, f = [], [], []
+        for k, got in enumerate(held_out):
+            for (p, _), by_round in got.items():
+                v = _mean_logit(by_round, w)
+                if not np.isnan(v):
+                    y.append(labels[p])
+                    s.append(v)
+                    f.append(k)
+        inner[w] = _pooled_auc(np.array(y), np.array(s), np.array(f)) if y else float("nan")
     return logits, inner
 
 
 def _attack(material: list[_Fold], labels: np.ndarray, groups: dict[str, list[str]],
-            cfg: AttackConfig, chosen: list[str] | None = None) -> dict:
-    """Per group and fold: target logits (mean over the rounds seen) and the shadow AUC;
-    the attack's own choice per fold is the group with the best shadow AUC (or `chosen`)."""
-    out: dict = {"group": {}, "chosen": [], "logits": {}}
-    if chosen is not None:
-        for f, (m, g) in enumerate(zip(material, chosen, strict=True)):
-            out["logits"].update(_fold_logits(m, labels, groups[g], cfg, inner_cv=False)[0])
-            out["chosen"].append(chosen[f])
-        return out
-    for g, names in groups.items():
-        out["group"][g] = [_fold_logits(m, labels, names, cfg) for m in material]
-    for f in range(len(material)):
-        inner = {g: v[f][1] for g, v in out["group"].items()}
-        best = max(inner, key=lambda g: (np.nan_to_num(inner[g], nan=-1.0), g == ALL))
-        out["chosen"].append(best)
-        out["logits"].update(out["group"][best][f][0])
+            cfg: AttackConfig, windows: list[int],
+            chosen: list[tuple[str, int]] | None = None) -> dict:
+    """Per group and fold: target logits by round and the shadow AUC per window; the
+    attack's own choice per fold is the group and window with the best shadow AUC (or
+    `chosen`). `upto`: target -> the window its fold chose."""
+    out: dict = {"group": {}, "chosen": [], "logits": {}, "upto": {}}
+    if chosen is None:
+        for g, names in groups.items():
+            out["group"][g] = [_fold_logits(m, labels, names, cfg, windows) for m in material]
+        for f in range(len(material)):
+            inner = {(g, w): v[f][1][w] for g, v in out["group"].items() for w in windows}
+            out["chosen"].append(max(inner, key=lambda gw: (
+                np.nan_to_num(inner[gw], nan=-1.0), gw[0] == ALL, gw[1])))
+    else:
+        out["chosen"] = list(chosen)
+    for f, (m, (g, w)) in enumerate(zip(material, out["chosen"], strict=True)):
+        got = (out["group"][g][f][0] if chosen is None
+               else _fold_logits(m, labels, groups[g], cfg, windows, inner_cv=False)[0])
+        out["logits"].update(got)
+        out["upto"].update({p: w for p in got})
     return out
 
 
@@ -260,17 +285,18 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
     fold_of = {p: f for f, fold in enumerate(folds) for p in fold}
     material = _collect(setup, log, folds, cfg, progress)
     rng = np.random.default_rng([cfg.seed, 53])
-    res = _attack(material, labels, groups, cfg)
+    windows = windows_of(log.rounds)
+    res = _attack(material, labels, groups, cfg, windows)
     scored = [p for p in targets if p in fold_of and res["logits"].get(p)]
     y, fid = labels[scored], np.array([fold_of[p] for p in scored])
-    overall = _scores(y, np.array([_mean_logit(res["logits"][p]) for p in scored]), fid, rng,
-                      cfg.bootstrap)
+    score = {p: _mean_logit(res["logits"][p], res["upto"][p]) for p in scored}
+    overall = _scores(y, np.nan_to_num([score[p] for p in scored]), fid, rng, cfg.bootstrap)
     per_layer = {}
     for g, per_fold in res["group"].items():
         merged = {p: v for logits, _ in per_fold for p, v in logits.items()}
         s = np.nan_to_num([_mean_logit(merged.get(p, {})) for p in scored])
         per_layer[g] = {**_scores(y, s, fid, rng, cfg.bootstrap),
-                        "shadow_auc": [v[1] for v in per_fold]}
+                        "shadow_auc": [v[1][log.rounds] for v in per_fold]}
     by_rounds = {k: _pooled_auc(y, np.nan_to_num([_mean_logit(res["logits"][p], k)
                                                   for p in scored]), fid)
                  for k in range(1, log.rounds + 1)}
@@ -285,12 +311,16 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
         shuffled = labels.copy()  # within each fold, so every fold keeps its class counts
         for fold in folds:
             shuffled[fold] = rng.permutation(labels[fold])
-        c = _attack(material, shuffled, groups, cfg, chosen=res["chosen"])
+        c = _attack(material, shuffled, groups, cfg, windows, chosen=res["chosen"])
         control.append(_pooled_auc(shuffled[scored], np.nan_to_num(
-            [_mean_logit(c["logits"].get(p, {})) for p in scored]), fid))
+            [_mean_logit(c["logits"].get(p, {}), c["upto"].get(p)) for p in scored]), fid))
     control = [c for c in control if not np.isnan(c)]
     return {
-        **overall, "chosen_layers": res["chosen"], "per_layer": per_layer,
+        **overall, "chosen_layers": [g for g, _ in res["chosen"]],
+        "chosen_rounds": [w for _, w in res["chosen"]],
+        "shadow_auc_by_window": {g: {w: [v[1][w] for v in per_fold] for w in windows}
+                                 for g, per_fold in res["group"].items()},
+        "per_layer": per_layer,
         "control_auc": ({"mean": float(np.mean(control)), "std": float(np.std(control)),
                          "runs": len(control)} if control else None),
         "auc_by_rounds_seen": by_rounds, "auc_by_round": by_round,
@@ -298,5 +328,5 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
         "shadow": {"runs_per_fold": cfg.repeats, "fraction": cfg.fraction,
                    "examples_per_fold": [sum(len(v) for v in m.shadow.values())
                                          for m in material]},
-        "scores": {int(p): _mean_logit(res["logits"][p]) for p in scored},
+        "scores": {int(p): score[p] for p in scored},
     }
