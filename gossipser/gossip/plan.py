@@ -174,13 +174,15 @@ class RunSetup:
         it can be repeated; its attacker is not given the seeds.)"""
         return self._initial(secrets.randbelow(2**31), once=True)
 
-    def make_peer(self, pid: int, attack: Attack | None = None) -> Peer:
+    def make_peer(self, pid: int, attack: Attack | None = None,
+                  params: Params | None = None) -> Peer:
+        """Peer `pid`, starting from `params` (default: `initial_params(pid)`)."""
         row = {int(j): float(self.mixing[pid, j]) for j in np.flatnonzero(self.mixing[pid])}
         uses_graph = algorithm_class(self.cfg.algorithm).uses_topology
         neighbours = list(self.graph.neighbors(pid)) if uses_graph else []
         return Peer(
             pid=pid, neighbours=neighbours, algorithm=self.cfg.algorithm,
-            params=self.initial_params(pid),
+            params=self.initial_params(pid) if params is None else params,
             samples=len(self.parts[pid]), run=self.run_id, mix_row=row,
             rng=np.random.default_rng([self.seed, 7, pid]), private=self.private,
             robust=self.robust,

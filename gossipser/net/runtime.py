@@ -173,20 +173,21 @@ async def run_peer(
         raise ConfigError(f"--id {pid} is not a peer of this run (0..{setup.n_peers - 1})")
     out.mkdir(parents=True, exist_ok=True)
     cfg = setup.cfg
-    peer = setup.make_peer(pid, attack=attack)
+    ckpt = Checkpoint(out / "checkpoint.npz", setup.run_id)
+    saved = ckpt.load()
+    # under independent init a fresh peer starts from a model nobody can rebuild (a Byzantine
+    # peer's forgeries are relative to it too); a resumed one from its checkpoint
+    peer = setup.make_peer(pid, attack=attack, params=(
+        setup.secret_initial() if saved is None and cfg.init == "independent" else None))
     peer.barrier = net.barrier or not peer.strategy.barrier_free
     pool = SerialPool(setup.pool_spec(), [setup.shard(pid, attack=attack)])
     trainer = pool.trainer(pid)
-    ckpt = Checkpoint(out / "checkpoint.npz", setup.run_id)
     start, rows = 1, []
-    saved = ckpt.load()
     if saved is not None:
         peer.params, extra, header = saved
         trainer.load_state(extra)
         peer.restore(header)
         start, rows = header["round"] + 1, header["rows"]
-    elif cfg.init == "independent":
-        peer.params = setup.secret_initial()
     allowed = {SERVER_ID} if cfg.algorithm == "fedavg" else set(peer.neighbours)
     pending: list[Message] = []
     busy = {"training": False, "global": 0}
