@@ -92,10 +92,11 @@ def _table(result: dict) -> Table:
     a = result["attribute"]
     table = Table(title=f"attribute inference ({a['classes'][0]} vs {a['classes'][1]}), "
                   f"{result['targets']} targets", title_justify="left")
+    # shadow AUC: the attacker's own cross-validation, per fold (a layer's: over all rounds)
     for name in ("layer", "AUC", "95 % CI", "balanced acc.", "shadow AUC"):
         table.add_column(name, justify="left" if name == "layer" else "right")
-    chosen = ", ".join(dict.fromkeys(
-        f"{g}, rounds 1-{w}" if w > 1 else f"{g}, round 1"
+    chosen = " / ".join(dict.fromkeys(  # per fold: the layer and the rounds kept
+        f"{g} ({f'rounds 1-{w}' if w > 1 else 'round 1'})"
         for g, w in zip(result["chosen_layers"], result["chosen_rounds"], strict=True)))
     rows = [(f"[bold]attack[/] (chose {chosen})", result)] + list(result["per_layer"].items())
     for name, r in rows:

@@ -318,6 +318,7 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
     return {
         **overall, "chosen_layers": [g for g, _ in res["chosen"]],
         "chosen_rounds": [w for _, w in res["chosen"]],
+        "shadow_auc": [res["group"][g][f][1][w] for f, (g, w) in enumerate(res["chosen"])],
         "shadow_auc_by_window": {g: {w: [v[1][w] for v in per_fold] for w in windows}
                                  for g, per_fold in res["group"].items()},
         "per_layer": per_layer,
