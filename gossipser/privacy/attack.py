@@ -193,7 +193,7 @@ def _collect(setup: RunSetup, log: MessageLog, folds: list[list[int]], cfg: Atta
 
 
 def _fold_logits(fold: _Fold, labels: np.ndarray, names: list[str], cfg: AttackConfig,
-                 windows: list[int], inner_cv: bool = True,
+                 windows: list[int], inner_cv: bool = True, up_to: int | None = None,
                  ) -> tuple[dict[int, dict[int, float]], dict[int, float]]:
     """(target -> round -> logit, from classifiers fitted on the fold's shadow updates;
     window K -> the AUC of the same recipe, scores averaged over the first K rounds, in a
@@ -203,6 +203,8 @@ def _fold_logits(fold: _Fold, labels: np.ndarray, names: list[str], cfg: AttackC
     # half -> (shadow peer, shadow run) -> round -> held-out logit
     held_out: list[dict[tuple[int, int], dict[int, float]]] = [{}, {}]
     for r, rows in fold.shadow.items():
+        if up_to is not None and r > up_to:
+            continue  # a window of K rounds needs no classifier for the rounds after
         ys = np.array([labels[p] for p, _, _ in rows])
         if min(np.bincount(ys, minlength=2)) < 2:
             continue
@@ -257,7 +259,8 @@ def _attack(material: list[_Fold], labels: np.ndarray, groups: dict[str, list[st
         out["chosen"] = list(chosen)
     for f, (m, (g, w)) in enumerate(zip(material, out["chosen"], strict=True)):
         got = (out["group"][g][f][0] if chosen is None
-               else _fold_logits(m, labels, groups[g], cfg, windows, inner_cv=False)[0])
+               else _fold_logits(m, labels, groups[g], cfg, windows, inner_cv=False,
+                                 up_to=w)[0])
         out["logits"].update(got)
         out["upto"].update({p: w for p in got})
     return out
