@@ -43,6 +43,7 @@ ROWS = {
     # started from, and later updates carry the mixing of models that still disagree
     "independent-init": ["--init", "independent"],
     "independent-init+bn-stats": ["--init", "independent", "--private-layers", "bn-stats"],
+    "perturbed-init+bn-stats": ["--init", "perturbed", "--private-layers", "bn-stats"],
 }
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 

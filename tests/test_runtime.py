@@ -703,12 +703,13 @@ async def test_a_peer_records_what_its_neighbours_sent_it(ds: Dataset, tmp_path:
         NetworkConfig(record_messages=-1)
 
 
+@pytest.mark.parametrize("init", ["independent", "perturbed"])
 async def test_independent_init_starts_each_networked_peer_from_a_secret_model(
-        ds: Dataset, tmp_path: Path) -> None:
-    """init = independent: what a peer first sends (no training: its initial model) is
-    neither the shared model nor the one the run seed gives it, so a neighbour cannot
-    subtract the start from the first update."""
-    setup = make_setup(ds, "dpsgd", rounds=1, local_epochs=0, init="independent")
+        ds: Dataset, tmp_path: Path, init: str) -> None:
+    """init = independent or perturbed: what a peer first sends (no training: its initial
+    model) is neither the shared model nor the one the run seed gives it, so a neighbour
+    cannot subtract the start from the first update."""
+    setup = make_setup(ds, "dpsgd", rounds=1, local_epochs=0, init=init)
 
     await run_network(setup, tcp_net(record_messages=1), tmp_path)
 

@@ -19,7 +19,7 @@ import torch
 
 from gossipser.cli.main import main
 from gossipser.data.dataset import Dataset, load_dataset
-from gossipser.errors import GossipserError
+from gossipser.errors import ConfigError, GossipserError
 from gossipser.gossip.algorithms import ALGORITHMS
 from gossipser.gossip.message import Message
 from gossipser.gossip.mixing import combine, slem
@@ -250,13 +250,14 @@ def test_process_pool_matches_serial_pool(ds):
     assert_same_run(parallel, serial)
 
 
-@pytest.mark.parametrize("init", ["shared", "independent"])
+@pytest.mark.parametrize("init", ["shared", "independent", "perturbed"])
 def test_training_processes_build_the_initial_models_this_process_would(ds, init):
     here = make_setup(ds, peers=5, init=init)
     there = make_setup(ds, peers=5, init=init)
     with ProcessPool(there.pool_spec(), [there.shard(i) for i in range(5)], workers=2) as pool:
         there.build_with(pool)
-        assert len(there.initial) == (1 if init == "shared" else 6)  # + the names' model
+        # the shared model, plus one model per peer (independent) or two (perturbed)
+        assert len(there.initial) == {"shared": 1, "independent": 6, "perturbed": 11}[init]
         np.testing.assert_array_equal(initial_states(there), initial_states(here))
         assert flatten(there.init).tobytes() == flatten(here.init).tobytes()
         # another model never reuses a cached one, even with the cache shared by replace
@@ -268,6 +269,40 @@ def test_training_processes_build_the_initial_models_this_process_would(ds, init
             pool.initial_states(["not a seed", 1, 2])  # worker 0 fails, 1 answers
         scores = pool.evaluate([there.init, there.init])
         assert scores[0].ua == scores[1].ua
+
+
+def test_perturbed_starts_are_secret_offsets_around_the_shared_model(ds):
+    """init = perturbed: every peer starts from the shared model plus an offset of its own
+    with the initialiser's spread in each layer (none on constants such as BatchNorm's
+    running statistics). The peers' average stays near the shared model at its scale,
+    where independent starts average towards zero."""
+    peers = 8
+    setup = make_setup(ds, peers=peers, init="perturbed")
+    starts = [setup.initial_params(i) for i in range(peers)]
+    again = make_setup(ds, peers=peers, init="perturbed")  # the same seed, the same starts
+    for i, s in enumerate(starts):
+        assert flatten(s).tobytes() == flatten(again.initial_params(i)).tobytes()
+    independent = make_setup(ds, peers=peers, init="independent")
+    lone = [independent.initial_params(i) for i in range(peers)]
+    trained = 0
+    for k, shared in setup.init.items():
+        offsets = np.stack([s[k] - shared for s in starts])
+        assert all(s[k].dtype == shared.dtype for s in starts)
+        if np.ptp(shared) == 0:  # a constant every model starts from
+            assert not offsets.any(), k
+            continue
+        assert np.abs(offsets[0] - offsets[1]).max() > 0, k
+        if shared.size >= 256:
+            trained += 1
+            assert offsets.std() == pytest.approx(shared.std(), rel=0.1), k
+            scale = np.linalg.norm(shared)
+            mean = np.mean([s[k] for s in starts], axis=0)
+            assert np.linalg.norm(mean) > 0.9 * scale, k
+            assert np.linalg.norm(np.mean([s[k] for s in lone], axis=0)) < 0.6 * scale, k
+    assert trained >= 2
+    with pytest.raises(ConfigError, match="gossip init must be one of shared, independent, "
+                       "perturbed, got 'secret'"):
+        GossipConfig(init="secret")
 
 
 def test_a_failed_job_is_one_error_and_the_pool_goes_on(ds, monkeypatch):

@@ -138,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "'gossipser[ray]')")
     g.add_argument("--ray-address", metavar="HOST:PORT", help="join the Ray cluster started "
                    "there with `ray start --head` (default: a local Ray)")
-    g.add_argument("--init", choices=("shared", "independent"), help="initial models: one "
-                   "for all peers from the run seed (default), or one per peer from its own "
-                   "seed (no neighbour knows a peer's starting point)")
+    g.add_argument("--init", choices=("shared", "independent", "perturbed"),
+                   help="initial models: one for all peers from the run seed (default); one "
+                   "per peer from its own seed (independent); or the shared one plus a secret "
+                   "offset per peer of the initialiser's spread (perturbed). No neighbour "
+                   "knows an independent or perturbed start")
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last, bn-stats (every "
                    "BatchNorm's running statistics) or module names (e.g. features.0.0), "

@@ -82,8 +82,8 @@ class RunSetup:
     def build_with(self, pool) -> None:
         """Have `pool` (with torch in its workers) build the initial models, so that this
         process needs no torch."""
-        seeds = [self.shared_seed] + ([] if self.cfg.init == "shared" else
-                                      [peer_seed(self.seed, pid) for pid in range(self.n_peers)])
+        seeds = [self.shared_seed] + [s for pid in range(self.n_peers)
+                                      for s in self._peer_seeds(pid)]
         seeds = [s for s in dict.fromkeys(seeds) if self._key(s) not in self.initial]
         self.initial.update(zip(map(self._key, seeds), pool.initial_states(seeds), strict=True))
 
@@ -162,16 +162,39 @@ class RunSetup:
             test_groups=speaker_groups(self.model, self.dataset.speakers[self.test_idx]),
         )
 
-    def initial_params(self, pid: int) -> Params:
+    def _peer_seeds(self, pid: int) -> tuple[int, ...]:
+        """The seeds peer `pid`'s own start is built from (none under a shared start)."""
         if self.cfg.init == "shared":
+            return ()
+        own = peer_seed(self.seed, pid)
+        if self.cfg.init == "independent":
+            return (own,)
+        return own, int(np.random.default_rng([self.seed, 5, pid, 1]).integers(2**31))
+
+    def initial_params(self, pid: int) -> Params:
+        seeds = self._peer_seeds(pid)
+        if not seeds:
             return self.init
-        return self._initial(peer_seed(self.seed, pid), once=True)
+        if len(seeds) == 1:
+            return self._initial(seeds[0], once=True)
+        return self._perturbed(*seeds)
+
+    def _perturbed(self, a: int, b: int) -> Params:
+        """init = "perturbed": the shared model plus (model a - model b) / sqrt(2), a secret
+        offset with the initialiser's own spread in every coordinate (zero where every model
+        starts alike: BatchNorm's constants). Unlike independent starts, the peers' average
+        stays the shared model at its own scale."""
+        one, two = self._initial(a, once=True), self._initial(b, once=True)
+        return {k: (v + (one[k] - two[k]) / np.sqrt(2.0)).astype(v.dtype, copy=False)
+                for k, v in self.init.items()}
 
     def secret_initial(self) -> Params:
-        """A model from a seed drawn from the operating system's randomness: a networked
-        peer's start under init = "independent", which no neighbour can rebuild and subtract
-        from its first update. (A simulation derives every peer's from the run seed so that
+        """A start from seeds drawn from the operating system's randomness: a networked
+        peer's under init = "independent" or "perturbed", which no neighbour can rebuild and
+        subtract from its first update. (A simulation derives every peer's from the run seed so that
         it can be repeated; its attacker is not given the seeds.)"""
+        if self.cfg.init == "perturbed":
+            return self._perturbed(secrets.randbelow(2**31), secrets.randbelow(2**31))
         return self._initial(secrets.randbelow(2**31), once=True)
 
     def make_peer(self, pid: int, attack: Attack | None = None,

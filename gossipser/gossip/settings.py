@@ -15,6 +15,8 @@ from gossipser.gossip.devices import parse_device_speed
 from gossipser.gossip.robust import parse_robust
 from gossipser.learn.workers import DEFAULT_WORKERS
 
+INITS = ("shared", "independent", "perturbed")  # GossipConfig.init
+
 
 @dataclass(frozen=True)
 class GossipConfig:
@@ -47,7 +49,9 @@ class GossipConfig:
     # locally or on the cluster at ray_address, HOST:PORT)
     backend: str = "process"
     ray_address: str = ""
-    init: str = "shared"  # shared: one initial model from the run seed; independent: per peer
+    # shared: one initial model from the run seed; independent: one per peer from its own
+    # seed; perturbed: the shared one plus a secret offset per peer (gossip.plan)
+    init: str = "shared"
     # simulator: stop when, over the last `patience` rounds, the mean training loss fell by
     # less than 1 % and the consensus distance by less than 5 % against the `patience` rounds
     # before (0: always run every round). Networked peers always run `rounds`.
@@ -102,8 +106,9 @@ class GossipConfig:
                               f"{self.step_share!r}")
         if self.backend not in ("process", "ray"):
             raise ConfigError(f"gossip backend must be process or ray, got {self.backend!r}")
-        if self.init not in ("shared", "independent"):
-            raise ConfigError("gossip init must be shared or independent")
+        if self.init not in INITS:
+            raise ConfigError(f"gossip init must be one of {', '.join(INITS)}, got "
+                              f"{self.init!r}")
         if self.peers is not None and self.peers < 2:
             raise ConfigError("gossip: need at least 2 peers")
         if not 0.0 < self.fraction <= 1.0 or self.workers < 1:

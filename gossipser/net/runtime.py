@@ -175,10 +175,11 @@ async def run_peer(
     cfg = setup.cfg
     ckpt = Checkpoint(out / "checkpoint.npz", setup.run_id)
     saved = ckpt.load()
-    # under independent init a fresh peer starts from a model nobody can rebuild (a Byzantine
-    # peer's forgeries are relative to it too); a resumed one from its checkpoint
+    # under independent or perturbed init a fresh peer starts from a model nobody can
+    # rebuild (a Byzantine peer's forgeries are relative to it too); a resumed one from its
+    # checkpoint
     peer = setup.make_peer(pid, attack=attack, params=(
-        setup.secret_initial() if saved is None and cfg.init == "independent" else None))
+        setup.secret_initial() if saved is None and cfg.init != "shared" else None))
     peer.barrier = net.barrier or not peer.strategy.barrier_free
     pool = SerialPool(setup.pool_spec(), [setup.shard(pid, attack=attack)])
     trainer = pool.trainer(pid)

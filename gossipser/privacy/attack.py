@@ -172,7 +172,9 @@ class _Fold:
 
 def _collect(setup: RunSetup, log: MessageLog, folds: list[list[int]], cfg: AttackConfig,
              progress: Progress | None) -> list[_Fold]:
-    init = setup.init if setup.cfg.init == "shared" else None
+    # round 1's update is the model minus the start the adversary knows: the shared model,
+    # also the centre of every perturbed start; independent starts are unknown
+    init = None if setup.cfg.init == "independent" else setup.init
     out = []
     for f, fold in enumerate(folds):
         shadow_peers = [p for g, other in enumerate(folds) if g != f for p in other]
