@@ -14,8 +14,10 @@ on the held-out speakers. Each side runs as a whole process, started from this s
 It prints, per round count, both whole-process times, the steady round time (median of
 rounds 2..R) and both final UAs, which must agree (each Flower client keeps its optimiser
 state in its node's context between rounds, as gossipser's trainers keep theirs),
-and as its last line `ratio X`: Flower's whole-process time over gossipser's, summed over the
-round counts of this run.
+then where gossipser's steady round goes (the same run again in this process, its pool timed:
+the busiest worker's optimiser steps, which bound any framework's round from below, since
+both run the same trainer on the same shards), and as its last line `ratio X`: Flower's
+whole-process time over gossipser's, summed over the round counts of this run.
 
 Run: pip install torch==2.13.0 && pip install -e '.[compare]'
      python scripts/bench_vs_flower.py [--rounds 5,20] [--out runs/vs-flower]
@@ -140,14 +142,12 @@ def flower_run(rounds: int, data: Path, result: Path) -> None:
 
 
 # the parent: data, both runs, the table -------------------------------------------------------
-def prepare(out: Path, rounds: int) -> Path:
-    """The run gossipser's `simulate` would make (default corpus, config and seed), as what
-    the Flower clients need: shards, steps per round, initial model, evaluation spec."""
+def gossipser_setup(rounds: int, out: Path):
+    """The run gossipser's `simulate` would make (default corpus, config and seed)."""
     from gossipser.cli.commands import load_data, resolve_test_speakers
     from gossipser.cli.main import build_parser
     from gossipser.cli.options import gossip_config, run_configs
     from gossipser.gossip.plan import setup_run
-    from gossipser.learn.settings import steps_per_epoch
     from gossipser.ui.report import make_console
 
     args = build_parser().parse_args(gossipser_args(rounds, out / "unused"))
@@ -156,8 +156,17 @@ def prepare(out: Path, rounds: int) -> Path:
     console = make_console()
     ds = load_data(args, {}, features, console)
     test = resolve_test_speakers(None, {}, ds)
-    setup = setup_run(ds, cfg=cfg, model=model_cfg, train=train_cfg, test_speakers=test,
-                      seed=SEED)
+    return setup_run(ds, cfg=cfg, model=model_cfg, train=train_cfg, test_speakers=test,
+                     seed=SEED)
+
+
+def prepare(out: Path, rounds: int) -> Path:
+    """gossipser's run as what the Flower clients need: shards, steps per round, initial
+    model, evaluation spec."""
+    from gossipser.learn.settings import steps_per_epoch
+
+    setup = gossipser_setup(rounds, out)
+    train_cfg = setup.train
     shards = [setup.shard(i) for i in range(setup.n_peers)]
     spec = setup.pool_spec()
     steps = [setup.local_steps(i, steps_per_epoch(len(s.y), train_cfg.batch_size))
@@ -167,6 +176,27 @@ def prepare(out: Path, rounds: int) -> Path:
         pickle.dump({"shards": shards, "spec": spec, "init": setup.init,
                      "names": list(setup.init), "steps": steps}, fh)
     return path
+
+
+def busiest_steps(rounds: int, out: Path) -> float:
+    """The same gossipser run in this process, its pool timed (`bench_simulator.TimedPool`):
+    the median over rounds 2..R of the seconds the busiest worker spends in optimiser steps.
+    Flower runs the same trainer on the same shards, so no framework's steady round can be
+    shorter than this."""
+    from bench_simulator import TimedPool  # scripts/ is on sys.path
+
+    from gossipser.learn.pool import ProcessPool
+    from gossipser.sim.simulator import Simulator
+
+    setup = gossipser_setup(rounds, out)
+    pool = ProcessPool(setup.pool_spec(), [setup.shard(i) for i in range(setup.n_peers)],
+                       workers=setup.cfg.workers)
+    timed = TimedPool(pool)
+    try:
+        Simulator(setup, timed).run()
+    finally:
+        pool.close()
+    return statistics.median([c["busiest"] for c in timed.calls if c["kind"] == "train"][1:])
 
 
 def gossipser_args(rounds: int, out: Path) -> list[str]:
@@ -237,6 +267,13 @@ def main() -> int:
               f"ratio {f_round / g_round:.2f}")
         print(f"  final UA        Flower {f_ua:6.3f}     gossipser {g_ua:6.3f}     "
               f"{'agree' if same else 'DIFFER'} (within {TOLERANCE:.2f})")
+    if max(counts) >= 3:
+        busy = busiest_steps(max(counts), out / "breakdown")
+        print(f"\nwhere gossipser's steady round goes ({max(counts)} rounds again, in this "
+              f"process): the busiest worker's optimiser steps take {busy:.2f} s of "
+              f"{g_round:.2f} s ({100 * busy / g_round:.0f} %); Flower spends "
+              f"{f_round - busy:.2f} s a round beyond them, so a gossipser round of those "
+              f"steps alone would give a steady ratio of at most {f_round / busy:.2f}")
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not agree:
         print("error: the final UAs differ by more than the tolerance", file=sys.stderr)
