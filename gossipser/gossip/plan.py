@@ -172,7 +172,11 @@ class RunSetup:
         return own, int(np.random.default_rng([self.seed, 5, pid, 1]).integers(2**31))
 
     def initial_params(self, pid: int) -> Params:
-        seeds = self._peer_seeds(pid)
+        return self._start(self._peer_seeds(pid))
+
+    def _start(self, seeds: tuple[int, ...]) -> Params:
+        """A peer's start from its own seeds (`_peer_seeds`): none, the shared model; one,
+        an independent model; two, a perturbed one."""
         if not seeds:
             return self.init
         if len(seeds) == 1:
@@ -189,13 +193,12 @@ class RunSetup:
                 for k, v in self.init.items()}
 
     def secret_initial(self) -> Params:
-        """A start from seeds drawn from the operating system's randomness: a networked
-        peer's under init = "independent" or "perturbed", which no neighbour can rebuild and
-        subtract from its first update. (A simulation derives every peer's from the run seed so that
-        it can be repeated; its attacker is not given the seeds.)"""
-        if self.cfg.init == "perturbed":
-            return self._perturbed(secrets.randbelow(2**31), secrets.randbelow(2**31))
-        return self._initial(secrets.randbelow(2**31), once=True)
+        """A start built as `initial_params` builds one, from seeds drawn from the operating
+        system's randomness: a networked peer's under init = "independent" or "perturbed",
+        which no neighbour can rebuild and subtract from its first update. (A simulation
+        derives every peer's seeds from the run seed so that it can be repeated; its
+        attacker is not given them.)"""
+        return self._start(tuple(secrets.randbelow(2**31) for _ in self._peer_seeds(0)))
 
     def make_peer(self, pid: int, attack: Attack | None = None,
                   params: Params | None = None) -> Peer:
