@@ -655,7 +655,7 @@ def test_private_names_resolve_aliases_and_refuse_unknown_layers():
                                                        "norm.running_mean"}
     assert private_names(params, []) == frozenset()
     with pytest.raises(ConfigError, match="'enc.1' is not in the model; its layers are "
-                       "first, last, bn-stats, enc.0, norm, head"):
+                       "first, last, bn-stats, bn, enc.0, norm, head"):
         private_names(params, ["enc.1"])
     with pytest.raises(ConfigError, match="whole model"):
         private_names(params, ["enc", "norm", "head"])
@@ -672,6 +672,12 @@ def test_bn_stats_names_every_batchnorm_statistic_of_the_cnn_and_no_weight():
     assert names == {k for k in cnn if k.endswith(("running_mean", "running_var",
                                                    "num_batches_tracked"))}
     assert len(names) == 9 and not any(k.endswith(("weight", "bias")) for k in names)
+    whole = private_names(cnn, ["bn"])
+    assert whole == names | {f"features.{i}.1.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
+    assert all(k.startswith("features.") for k in whole)  # never a convolution's own weights
+    assert not any(k.startswith(f"features.{i}.0.") for i in (0, 2, 4) for k in whole)
     grouped = build_model(ModelConfig(kind="cnn", norm="group"), n_features=39, n_classes=8)
     with pytest.raises(ConfigError, match="no BatchNorm statistics"):
         private_names(dict(grouped.state_dict()), ["bn-stats"])
+    with pytest.raises(ConfigError, match="no BatchNorm layer"):
+        private_names(dict(grouped.state_dict()), ["bn"])

@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "knows an independent or perturbed start")
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last, bn-stats (every "
-                   "BatchNorm's running statistics) or module names (e.g. features.0.0), "
-                   "comma-separated")
+                   "BatchNorm's running statistics), bn (every BatchNorm layer whole) or "
+                   "module names (e.g. features.0.0), comma-separated")
     g.add_argument("--robust", metavar="RULE", help="Byzantine-robust merge for dpsgd, "
                    "gradient-tracking and gossip-learning: none (default), trimmed-mean:K, "
                    "median, krum:F, clip:TAU, clip:auto")

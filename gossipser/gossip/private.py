@@ -10,7 +10,9 @@ convolution), or ``first`` / ``last`` for the first or last module with weights,
 batch counter): the speaker's feature statistics seen through each layer. Under the default
 ``bn_stats = "speaker"`` they are never used at inference (a BatchNorm normalises with the
 speaker's own batch), so keeping them home costs nothing; under ``running`` each peer keeps
-its own, as SiloBN does.
+its own, as SiloBN does. ``bn`` keeps every BatchNorm layer home whole, its scale and shift
+too, as FedBN does: they start at 1 and 0 for every peer under every init, so no secret start
+hides their first update.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Iterable, Mapping
 
 from gossipser.errors import ConfigError
 
-ALIASES = ("first", "last", "bn-stats")
+ALIASES = ("first", "last", "bn-stats", "bn")
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -53,6 +55,13 @@ def private_names(params: Mapping[str, object], layers: Iterable[str]) -> frozen
                                   "statistics (GroupNorm, or the LSTM)")
             chosen |= hit
             continue
+        if layer == "bn":
+            norms = {n.rsplit(".", 1)[0] for n in names if n.endswith(".running_mean")}
+            if not norms:
+                raise ConfigError("private layer 'bn': this model has no BatchNorm layer "
+                                  "(GroupNorm, or the LSTM)")
+            chosen |= {n for n in names if n.rsplit(".", 1)[0] in norms}
+            continue
         if layer in ALIASES:
             weighted = _weighted_layers(names)
             layer = weighted[0] if layer == "first" else weighted[-1]
@@ -60,7 +69,7 @@ def private_names(params: Mapping[str, object], layers: Iterable[str]) -> frozen
         if not hit:
             shown = ", ".join(layers_of(names))
             raise ConfigError(f"private layer {layer!r} is not in the model; its layers are "
-                              f"first, last, bn-stats, {shown}")
+                              f"first, last, bn-stats, bn, {shown}")
         chosen |= hit
     if chosen and chosen == set(names):
         raise ConfigError("private layers cover the whole model: nothing would be shared")
