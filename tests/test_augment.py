@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from gossipser.errors import ConfigError
-from gossipser.learn.augment import augment, lr_at
+from gossipser.learn.augment import augment
 from gossipser.learn.models import build_model
+from gossipser.learn.schedule import lr_at
 from gossipser.learn.settings import ModelConfig, TrainConfig, parse_augment
 from gossipser.learn.train import LocalTrainer
 

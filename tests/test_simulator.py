@@ -238,6 +238,30 @@ def test_fedavg_fraction_trains_a_share_of_clients(ds):
 # --- worker processes
 
 
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+def test_the_plateau_rule_waits_for_a_decaying_schedule_to_come_down(ds, schedule):
+    """A flat loss at the peak of one cycle is where its annealing still pays: the run stops
+    on a plateau only once the learning rate is down to LATE_LR of its peak."""
+    from gossipser.learn.schedule import lr_at
+    from gossipser.sim.simulator import LATE_LR
+
+    # Prepare: 100 rounds, patience 5, a training loss and consensus distance flat throughout
+    setup = setup_run(ds, cfg=GossipConfig(peers=4, partition="iid", rounds=100, patience=5),
+                      model=MODEL, train=TrainConfig(epochs=1, schedule=schedule),
+                      test_speakers=TEST_SPEAKERS, seed=0)
+    with SerialPool(setup.pool_spec(), [setup.shard(i) for i in range(setup.n_peers)]) as pool:
+        sim = Simulator(setup, pool)
+        # Execute: the first round the rule calls a plateau
+        first = next(r for r in range(1, 101) if sim._plateau(dict.fromkeys(range(4), 1.0),
+                                                              r, 1e-3) is not None)
+    # Assert
+    if schedule == "constant":
+        assert first == 10  # two windows of 5 rounds
+    else:
+        assert first > 50 and lr_at(first - 1, 100, 1.0, schedule) > LATE_LR
+        assert lr_at(first, 100, 1.0, schedule) <= LATE_LR
+
+
 def test_process_pool_matches_serial_pool(ds):
     gossip = dict(algorithm="dpsgd", peers=6, rounds=2, local_epochs=1)
     assert torch.get_num_threads() == 1  # as in the workers (one_torch_thread)

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from gossipser.learn.augment import augment, lr_at
+from gossipser.learn.augment import augment
 from gossipser.learn.dp import PrivateSteps
 from gossipser.learn.metrics import Scores, score
 from gossipser.learn.models import attach_generator
+from gossipser.learn.schedule import lr_at
 from gossipser.learn.settings import TrainConfig, parse_augment, steps_per_epoch
 
 

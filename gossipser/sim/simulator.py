@@ -20,11 +20,15 @@ from gossipser.gossip.plan import RunSetup
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.wire import encode
 from gossipser.learn.jobs import TrainJob, TrainResult
+from gossipser.learn.schedule import annealed
 
 # sees every message a peer sends: (round, sender, destination, message); gossipser.privacy
 # records what an adversary would observe with one
 Tap = Callable[[int, int, int, Message], None]
 SIM_SECRET = b"simulator"  # frames are encoded only to measure their size on the wire
+# the plateau rule waits, under a decaying schedule, until the learning rate is this share of
+# its peak (the cosine's last ~18 % of rounds)
+LATE_LR = 0.1
 
 CSV_COLUMNS = (
     "round", "ua_mean", "ua_min", "ua_max", "wa_mean", "macro_f1_mean", "ua_avg_model",
@@ -267,13 +271,15 @@ class Simulator:
     def _plateau(self, losses: dict[int, float], r: int, dist: float) -> str | None:
         """Why the run has reached its plateau (None: not yet): over the last `patience`
         rounds against the `patience` before, the mean training loss fell by < 1 % and the
-        consensus distance by < 5 %."""
+        consensus distance by < 5 %. Under a decaying schedule only once the learning rate
+        has come down to `LATE_LR` of its peak: a plateau at a high learning rate is where
+        the annealing still to come pays, not where the run ends."""
         p = self.cfg.patience
         if p == 0:
             return None
         self._loss.append(self._honest_loss(losses))
         self._dist.append(dist)
-        if r < 2 * p:
+        if r < 2 * p or not annealed(r, self.cfg.rounds, self.setup.train.schedule, LATE_LR):
             return None
         loss, dist = np.array(self._loss[-2 * p:]), np.array(self._dist[-2 * p:])
         if np.isnan(loss).any():
