@@ -297,11 +297,22 @@ def test_training_processes_build_the_initial_models_this_process_would(ds, init
 
 def test_perturbed_starts_are_secret_offsets_around_the_shared_model(ds):
     """init = perturbed: every peer starts from the shared model plus an offset of its own
-    with the initialiser's spread in each layer (none on constants such as BatchNorm's
-    running statistics). The peers' average stays near the shared model at its scale,
-    where independent starts average towards zero."""
+    with the initialiser's spread in each layer; a trained constant (a norm's scale and
+    shift) gets one of spread CONSTANT_OFFSET, running statistics none. The peers' average
+    stays near the shared model at its scale, where independent starts average towards
+    zero."""
+    from gossipser.gossip.plan import CONSTANT_OFFSET
+
     peers = 8
     setup = make_setup(ds, peers=peers, init="perturbed")
+    cnn = setup_run(ds, cfg=GossipConfig(peers=peers, partition="iid", init="perturbed"),
+                    model=ModelConfig(kind="cnn", width=8), train=TRAIN,
+                    test_speakers=TEST_SPEAKERS, seed=0)
+    norm = [cnn.initial_params(i)["features.0.1.weight"] for i in range(peers)]
+    stats = [cnn.initial_params(i)["features.0.1.running_var"] for i in range(peers)]
+    assert np.std(np.stack(norm) - 1.0) == pytest.approx(CONSTANT_OFFSET, rel=0.25)
+    assert np.abs(norm[0] - norm[1]).min() > 0
+    assert all((s == 1.0).all() for s in stats)
     starts = [setup.initial_params(i) for i in range(peers)]
     again = make_setup(ds, peers=peers, init="perturbed")  # the same seed, the same starts
     for i, s in enumerate(starts):
@@ -312,7 +323,7 @@ def test_perturbed_starts_are_secret_offsets_around_the_shared_model(ds):
     for k, shared in setup.init.items():
         offsets = np.stack([s[k] - shared for s in starts])
         assert all(s[k].dtype == shared.dtype for s in starts)
-        if np.ptp(shared) == 0:  # a constant every model starts from
+        if np.ptp(shared) == 0:  # a statistic every model starts from (the DNN's norm)
             assert not offsets.any(), k
             continue
         assert np.abs(offsets[0] - offsets[1]).max() > 0, k

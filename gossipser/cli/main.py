@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", choices=("shared", "independent", "perturbed"),
                    help="initial models: one for all peers from the run seed (default); one "
                    "per peer from its own seed (independent); or the shared one plus a secret "
-                   "offset per peer of the initialiser's spread (perturbed). No neighbour "
-                   "knows an independent or perturbed start")
+                   "offset per peer of the initialiser's spread, 0.1 on a norm layer's scale "
+                   "and shift (perturbed). No neighbour knows an independent or perturbed "
+                   "start")
     g.add_argument("--private-layers", metavar="LIST", type=_names,
                    help="layers that never leave a peer: first, last, bn-stats (every "
                    "BatchNorm's running statistics), bn (every BatchNorm layer whole) or "

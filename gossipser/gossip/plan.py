@@ -27,7 +27,7 @@ from gossipser.gossip.algorithms import algorithm_class
 from gossipser.gossip.byzantine import Attack, byzantine_ids, parse_attack
 from gossipser.gossip.mixing import Params, mixing_matrix
 from gossipser.gossip.peer import Peer
-from gossipser.gossip.private import private_names, public
+from gossipser.gossip.private import BN_STATS, private_names, public
 from gossipser.gossip.robust import RobustRule, parse_robust
 from gossipser.gossip.server import FedAvgServer
 from gossipser.gossip.settings import GossipConfig
@@ -40,6 +40,11 @@ from gossipser.learn.settings import (
     speaker_groups,
     steps_per_epoch,
 )
+
+# init = "perturbed": the spread of the secret offset on a trained parameter that every model
+# starts alike (a norm layer's scale 1 and shift 0). 0.1 of its unit scale is ~100x one
+# round's update at the peak learning rate, and its average over 20 peers is 0.02
+CONSTANT_OFFSET = 0.1
 
 
 @dataclass
@@ -185,12 +190,21 @@ class RunSetup:
 
     def _perturbed(self, a: int, b: int) -> Params:
         """init = "perturbed": the shared model plus (model a - model b) / sqrt(2), a secret
-        offset with the initialiser's own spread in every coordinate (zero where every model
-        starts alike: BatchNorm's constants). Unlike independent starts, the peers' average
-        stays the shared model at its own scale."""
+        offset with the initialiser's own spread in every coordinate. A trained parameter
+        every model starts alike (a norm layer's scale 1 and shift 0) gets a normal offset
+        of spread `CONSTANT_OFFSET` instead, drawn from a and b: unmasked, its first update
+        is exact and gives the speaker away. Running statistics get none. Unlike independent
+        starts, the peers' average stays the shared model at its own scale."""
         one, two = self._initial(a, once=True), self._initial(b, once=True)
-        return {k: (v + (one[k] - two[k]) / np.sqrt(2.0)).astype(v.dtype, copy=False)
-                for k, v in self.init.items()}
+        rng = np.random.default_rng([a, b, 9])
+        out: Params = {}
+        for k, v in self.init.items():
+            offset = (one[k] - two[k]) / np.sqrt(2.0)
+            if (not offset.any() and v.size and np.issubdtype(v.dtype, np.floating)
+                    and k.rsplit(".", 1)[-1] not in BN_STATS):
+                offset = rng.normal(0.0, CONSTANT_OFFSET, v.shape)
+            out[k] = (v + offset).astype(v.dtype, copy=False)
+        return out
 
     def secret_initial(self) -> Params:
         """A start built as `initial_params` builds one, from seeds drawn from the operating
