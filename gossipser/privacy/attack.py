@@ -279,7 +279,19 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
 
     `controls`: the attack again with the attribute shuffled over the peers of each fold,
     as many times, with the layers it chose (an attack that works must fall to chance
-    there: AUC 0.5; the choice itself saw shadow data only)."""
+    there: AUC 0.5; the choice itself saw shadow data only).
+
+    With one BLAS thread: the classifiers are thousands of small fits, whose dot products
+    OpenBLAS's threads slow 10-20x on a busy machine (they spin waiting for each other;
+    `scripts/bench_attack_fit.py`)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run_attack(setup, log, labels, cfg, progress, controls)
+
+
+def _run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: AttackConfig,
+                progress: Progress | None, controls: int) -> dict:
     targets = [p for p in log.senders() if labels[p] >= 0]
     if len(set(labels[targets].tolist())) < 2 or min(
             np.bincount(labels[targets], minlength=2)) < cfg.folds:
