@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +210,23 @@ def test_attacker_keeps_the_rounds_that_leak_and_not_the_noise_after() -> None:
     over_all = _auc(y, np.array([np.mean(list(res["logits"][p].values())) for p in targets]))
     assert first >= 0.85 and over_all < 0.7
     assert windows == [1, 2, 3, 5, 10, 20]
+
+
+def test_the_classifiers_run_with_one_blas_thread_in_a_fresh_process() -> None:
+    """In a process that has not loaded scipy yet (as `gossipser attack` starts), every BLAS
+    the fits use, scipy's own included, runs one thread inside `one_blas_thread`; OpenBLAS's
+    spinning threads made the attack 9-20x slower on a busy machine."""
+    code = (
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from gossipser.privacy.attack import _fit_predict, one_blas_thread\n"
+        "with one_blas_thread():\n"
+        "    x = np.random.default_rng(0).normal(size=(8, 50))\n"
+        "    _fit_predict(x, np.arange(8) % 2, x, 1.0, 0)\n"
+        "    blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "    print(len(blas), max(i['num_threads'] for i in blas))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-1000:]
+    libraries, threads = map(int, done.stdout.split())
+    assert libraries >= 2 and threads == 1  # numpy's and scipy's

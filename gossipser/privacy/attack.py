@@ -284,10 +284,18 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
     With one BLAS thread: the classifiers are thousands of small fits, whose dot products
     OpenBLAS's threads slow 10-20x on a busy machine (they spin waiting for each other;
     `scripts/bench_attack_fit.py`)."""
+    with one_blas_thread():
+        return _run_attack(setup, log, labels, cfg, progress, controls)
+
+
+def one_blas_thread():
+    """A context in which every BLAS the classifiers use runs one thread. The fitting
+    libraries are loaded first: a limit reaches only the BLAS libraries already loaded, and
+    scipy brings its own."""
+    import sklearn.linear_model  # noqa: F401  (loads scipy's BLAS)
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _run_attack(setup, log, labels, cfg, progress, controls)
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: AttackConfig,
