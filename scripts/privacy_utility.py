@@ -44,8 +44,7 @@ ROWS = {
     "independent-init": ["--init", "independent"],
     "independent-init+bn-stats": ["--init", "independent", "--private-layers", "bn-stats"],
     "perturbed-init+bn-stats": ["--init", "perturbed", "--private-layers", "bn-stats"],
-    # BatchNorm's scale and shift start at 1 and 0 everywhere, so no start masks their first
-    # update: keep the BatchNorm layers home whole
+    # the BatchNorm layers kept home whole (FedBN), scale and shift too
     "perturbed-init+bn": ["--init", "perturbed", "--private-layers", "bn"],
 }
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"

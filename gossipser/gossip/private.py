@@ -11,8 +11,7 @@ batch counter): the speaker's feature statistics seen through each layer. Under 
 ``bn_stats = "speaker"`` they are never used at inference (a BatchNorm normalises with the
 speaker's own batch), so keeping them home costs nothing; under ``running`` each peer keeps
 its own, as SiloBN does. ``bn`` keeps every BatchNorm layer home whole, its scale and shift
-too, as FedBN does: they start at 1 and 0 for every peer under every init, so no secret start
-hides their first update.
+too, as FedBN does (each peer then scores with a scale and shift trained on its own data).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ def lr_at(step: int, total: int, lr: float, schedule: str) -> float:
     """The learning rate of optimiser step `step` (0-based) of `total` planned steps."""
     if schedule == "constant" or total <= 0:
         return lr
-    low, warm = lr / START_DIV, max(1, int(WARMUP * total))
+    low, warm = lr / START_DIV, warmup_steps(total)
     if step < warm:
         return low + (lr - low) * (1 - math.cos(math.pi * step / warm)) / 2
     done = min(1.0, (step - warm) / max(1, total - warm))
@@ -32,4 +32,9 @@ def annealed(step: int, total: int, schedule: str, share: float) -> bool:
     rate by step `step` of `total` (always under a constant schedule)."""
     if schedule == "constant" or total <= 0:
         return True
-    return step >= max(1, int(WARMUP * total)) and lr_at(step, total, 1.0, schedule) <= share
+    return step >= warmup_steps(total) and lr_at(step, total, 1.0, schedule) <= share
+
+
+def warmup_steps(total: int) -> int:
+    """The steps of one cycle's warm-up, of `total` planned."""
+    return max(1, int(WARMUP * total))

@@ -282,7 +282,7 @@ def run_attack(setup: RunSetup, log: MessageLog, labels: np.ndarray, cfg: Attack
     there: AUC 0.5; the choice itself saw shadow data only).
 
     With one BLAS thread: the classifiers are thousands of small fits, whose dot products
-    OpenBLAS's threads slow 10-20x on a busy machine (they spin waiting for each other;
+    OpenBLAS's threads slowed 7-20x on a busy machine (they spin waiting for each other;
     `scripts/bench_attack_fit.py`)."""
     with one_blas_thread():
         return _run_attack(setup, log, labels, cfg, progress, controls)
