@@ -1,9 +1,11 @@
 """Many peers on one machine: does the simulator grow linearly with peers x steps?
 
 For each peer count the script runs D-PSGD on regular:4 (synthetic corpus, iid partition,
-`--per-peer` training utterances each, one local epoch a round, evaluation only in the last
-round, on 64 test utterances) with the process pool, and prints per steady round (round 1
-warms up, the last one's evaluation is left out):
+`--per-peer` training utterances each, a batch as large as a shard, `--local-steps` optimiser
+steps a round: 1 by default, the worst case for the engine's share; `auto`: what a default
+run (its 300 rounds and default training budget) gives each peer of this corpus, evaluation
+only in the last round, on 64 test utterances) with the process pool, and prints per steady
+round (round 1 warms up, the last one's evaluation is left out):
 
 - s/round and peer-steps/s, and both against the smallest peer count (linear: ratio ~1);
 - where a round's wall time goes: optimiser steps in the busiest worker, the rest of the pool
@@ -17,13 +19,14 @@ trainer (its shard, Adam state and RNG streams) trains the one module the proces
 (`gossipser.learn.trainers._Trainers`).
 
 Run: .venv/bin/python scripts/bench_scale.py --peers 100,1000,5000 --model dnn|cnn
-     [--rounds 3] [--per-peer 6] [--workers 2] [--cache-dir DIR]
+     [--rounds 3] [--per-peer 6] [--local-steps 1|N|auto] [--workers 2] [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import time
@@ -64,11 +67,19 @@ class RoundClock:
             self.marks.append((time.perf_counter(), sum(rss_mb(p) for p in pids)))
 
 
-def make_setup(ds: Dataset, peers: int, args) -> RunSetup:
+def default_steps(peers: int, per_peer: int) -> int:
+    """Local steps a round that a default run gives each of `peers` equal peers of `per_peer`
+    utterances: its automatic budget (`RunSetup.auto_local_steps`) over its default rounds."""
+    train = TrainConfig()
+    return max(1, math.ceil(train.epochs * peers * per_peer
+                            / (train.batch_size * GossipConfig().rounds)))
+
+
+def make_setup(ds: Dataset, peers: int, steps: int, args) -> RunSetup:
+    # a batch as large as a shard: `steps` local epochs are `steps` optimiser steps
     cfg = GossipConfig(algorithm="dpsgd", topology="regular:4", peers=peers, partition="iid",
-                       rounds=args.rounds, local_epochs=1.0, eval_every=args.rounds,
+                       rounds=args.rounds, local_epochs=float(steps), eval_every=args.rounds,
                        workers=args.workers, patience=0)
-    # a batch as large as a shard: one optimiser step per peer and epoch
     train = TrainConfig(batch_size=max(2, args.per_peer))
     setup = setup_run(ds, cfg=cfg, model=ModelConfig(kind=args.model), train=train,
                       test_speakers=(f"spk{SPEAKERS:02d}",), seed=0)
@@ -113,12 +124,16 @@ def main() -> None:
     p.add_argument("--model", choices=("dnn", "cnn"), default="cnn")
     p.add_argument("--rounds", type=int, default=3, help=">= 2: round 1 warms up")
     p.add_argument("--per-peer", type=int, default=6, help="training utterances per peer")
+    p.add_argument("--local-steps", default="1", metavar="1|N|auto",
+                   help="optimiser steps per peer and round (auto: a default run's budget)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, help="corpus and feature cache")
     args = p.parse_args()
     counts = sorted(int(x) for x in args.peers.split(","))
     if args.rounds < 2 or args.per_peer < 2 or min(counts) < 5:
         p.error("need --rounds >= 2, --per-peer >= 2 and at least 5 peers (regular:4)")
+    if args.local_steps != "auto" and not (args.local_steps.isdigit() and int(args.local_steps)):
+        p.error(f"--local-steps: a positive integer or auto, not {args.local_steps!r}")
     torch.set_num_threads(1)
     cache = args.cache_dir or default_cache_dir()
     print(f"bench_scale: {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
@@ -131,7 +146,9 @@ def main() -> None:
 
     results = []
     for n in counts:
-        setup = make_setup(ds, n, args)
+        local = (default_steps(n, args.per_peer) if args.local_steps == "auto"
+                 else int(args.local_steps))
+        setup = make_setup(ds, n, local, args)
         t0 = time.perf_counter()
         res = run(setup, args.workers)
         res["total"] = time.perf_counter() - t0
@@ -148,9 +165,9 @@ def main() -> None:
                    parked=n / args.workers > PARK_ABOVE)
         results.append(res)
         print(f"\n{n} peers ({res['params']:,} parameters each, "
-              f"{'parked' if res['parked'] else 'live'} trainers, {res['steps_round']:.0f} "
-              f"peer-steps a round): run {res['total']:.1f} s, pool start-up "
-              f"{res['startup']:.1f} s, final UA {res['ua']:.3f}")
+              f"{'parked' if res['parked'] else 'live'} trainers, {local} local steps, "
+              f"{res['steps_round']:.0f} peer-steps a round): run {res['total']:.1f} s, "
+              f"pool start-up {res['startup']:.1f} s, final UA {res['ua']:.3f}")
         print(f"  {res['s_round']:8.2f} s/round   {res['rate']:8.1f} peer-steps/s   "
               f"{res['ms_step']:.2f} ms of wall time per peer-step")
         print(f"  round time: {100 * res['compute']:5.1f} % optimiser steps (busiest worker), "
