@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import multiprocessing as mp
 import os
 import time
@@ -67,28 +66,32 @@ class RoundClock:
             self.marks.append((time.perf_counter(), sum(rss_mb(p) for p in pids)))
 
 
-def default_steps(peers: int, per_peer: int) -> int:
-    """Local steps a round that a default run gives each of `peers` equal peers of `per_peer`
-    utterances: its automatic budget (`RunSetup.auto_local_steps`) over its default rounds."""
-    train = TrainConfig()
-    return max(1, math.ceil(train.epochs * peers * per_peer
-                            / (train.batch_size * GossipConfig().rounds)))
+def default_steps(setup: RunSetup) -> int:
+    """Local steps a round that a default run (its rounds and training budget) gives each
+    peer of `setup`'s equal shards: its automatic budget."""
+    default = dataclasses.replace(setup, train=TrainConfig(),
+                                  cfg=dataclasses.replace(setup.cfg, rounds=GossipConfig().rounds))
+    return default.auto_local_steps
 
 
-def make_setup(ds: Dataset, peers: int, steps: int, args) -> RunSetup:
-    # a batch as large as a shard: `steps` local epochs are `steps` optimiser steps
+def make_setup(ds: Dataset, peers: int, steps: int | None, args) -> RunSetup:
+    """The benchmark's run at `peers` peers, `steps` local steps a round (None: a default
+    run's, `default_steps`)."""
     cfg = GossipConfig(algorithm="dpsgd", topology="regular:4", peers=peers, partition="iid",
-                       rounds=args.rounds, local_epochs=float(steps), eval_every=args.rounds,
+                       rounds=args.rounds, local_epochs=1.0, eval_every=args.rounds,
                        workers=args.workers, patience=0)
     train = TrainConfig(batch_size=max(2, args.per_peer))
     setup = setup_run(ds, cfg=cfg, model=ModelConfig(kind=args.model), train=train,
                       test_speakers=(f"spk{SPEAKERS:02d}",), seed=0)
     parts = [p[: args.per_peer] for p in setup.parts]  # the same shard size at every count
     # evaluation is not what this measures: 64 test utterances keep the last round short
-    return dataclasses.replace(setup, parts=parts, train_idx=np.concatenate(parts),
-                               test_idx=setup.test_idx[:: max(1, len(setup.test_idx) // 64)],
-                               n_train=sum(map(len, parts)),
-                               peer_sizes=tuple(map(len, parts)))
+    setup = dataclasses.replace(setup, parts=parts, train_idx=np.concatenate(parts),
+                                test_idx=setup.test_idx[:: max(1, len(setup.test_idx) // 64)],
+                                n_train=sum(map(len, parts)),
+                                peer_sizes=tuple(map(len, parts)))
+    # a batch as large as a shard: `steps` local epochs are `steps` optimiser steps
+    steps = default_steps(setup) if steps is None else steps
+    return dataclasses.replace(setup, cfg=dataclasses.replace(cfg, local_epochs=float(steps)))
 
 
 def run(setup: RunSetup, workers: int) -> dict:
@@ -146,9 +149,9 @@ def main() -> None:
 
     results = []
     for n in counts:
-        local = (default_steps(n, args.per_peer) if args.local_steps == "auto"
-                 else int(args.local_steps))
-        setup = make_setup(ds, n, local, args)
+        setup = make_setup(ds, n, None if args.local_steps == "auto" else int(args.local_steps),
+                           args)
+        local = int(setup.cfg.local_epochs)
         t0 = time.perf_counter()
         res = run(setup, args.workers)
         res["total"] = time.perf_counter() - t0
