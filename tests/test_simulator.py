@@ -364,6 +364,43 @@ def test_a_failed_job_is_one_error_and_the_pool_goes_on(ds, monkeypatch):
         np.testing.assert_allclose(flatten(a.params), flatten(b.params), rtol=1e-5, atol=1e-6)
 
 
+def test_training_parameters_travel_through_shared_memory_with_the_same_results(ds):
+    """A training job's parameters go to the worker through the peer's row of shared memory
+    (not pickled through the pipe), to the same weights and losses as by pickle and as in
+    this process, round after round; a job whose parameters do not fit the rows goes by
+    pickle; the file behind the rows is gone once the workers have mapped it."""
+    import tempfile
+
+    setup = make_setup(ds, peers=6, rounds=1)
+    shards = [setup.shard(i) for i in range(6)]
+
+    def slot_files() -> set[Path]:
+        return {f for d in (Path("/dev/shm"), Path(tempfile.gettempdir())) if d.is_dir()
+                for f in d.glob("gossipser-slots-*")}
+
+    before = slot_files()
+    with ProcessPool(setup.pool_spec(), shards, workers=2) as shared, \
+            ProcessPool(setup.pool_spec(), shards, workers=2, slots=False) as pickled, \
+            SerialPool(setup.pool_spec(), shards) as serial:
+        runs = {"shared": shared, "pickled": pickled, "serial": serial}
+        start = {name: [setup.init] * 6 for name in runs}
+        for _ in range(3):  # each round starts from the last round's results
+            got = {name: pool.train([TrainJob(peer=i, params=start[name][i], steps=2)
+                                     for i in range(6)]) for name, pool in runs.items()}
+            for name in ("pickled", "serial"):
+                for a, b in zip(got["shared"], got[name], strict=True):
+                    assert flatten(a.params).tobytes() == flatten(b.params).tobytes()
+                    assert a.loss == b.loss
+            start = {name: [r.params for r in res] for name, res in got.items()}
+        assert shared.uses_slots and not pickled.uses_slots
+        assert slot_files() == before
+        # float64 parameters do not fit the float32 rows: this call goes by pickle
+        wide = {k: v.astype(np.float64) for k, v in start["serial"][0].items()}
+        jobs = [TrainJob(peer=0, params=wide, steps=1)]
+        a, b = shared.train(jobs)[0], serial.train(jobs)[0]
+        assert flatten(a.params).tobytes() == flatten(b.params).tobytes()
+
+
 def test_parked_trainers_match_live_trainers(ds):
     """Thousands of peers keep no torch module each: parked between jobs (Adam moments and
     RNG states as arrays), a peer trains to the same weights as with its own live trainer,

@@ -9,6 +9,7 @@ peers over processes with one torch thread each.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import wait as mp_wait
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from gossipser.errors import GossipserError
 from gossipser.learn.jobs import Params, PoolSpec, Shard, TrainJob, TrainResult
 from gossipser.learn.metrics import Scores
+from gossipser.learn.slots import Layout, Slots
 from gossipser.learn.workers import WorkerProcesses
 
 if TYPE_CHECKING:  # torch: only where training runs
@@ -93,13 +95,18 @@ class ProcessPool:
     """Peers sharded round-robin over `workers` processes, one torch thread each.
 
     Each trainer depends only on its seed and its jobs, so results equal SerialPool's.
+    Training jobs' parameters travel through shared memory (`gossipser.learn.slots`) where
+    they fit one row per peer and the machine has room (`slots=False`: always by pickle).
     """
 
     def __init__(self, spec: PoolSpec, shards: Sequence[Shard], *, workers: int = 2,
-                 started: WorkerProcesses | None = None) -> None:
+                 started: WorkerProcesses | None = None, slots: bool = True) -> None:
         self.workers = max(1, min(workers, len(shards)))
         self._owner: dict[int, int] = {}
         self._spe: dict[int, int] = {}
+        self._rows = max((s.peer for s in shards), default=-1) + 1
+        self._slots: Slots | None = None
+        self._slots_tried = not slots  # made at the first training call, from its layout
         started = started if started is not None else WorkerProcesses(self.workers)
         self._processes = started.take(self.workers)
         self._conns = self._processes.conns
@@ -124,18 +131,63 @@ class ProcessPool:
     def steps_per_epoch(self) -> dict[int, int]:
         return dict(self._spe)
 
+    @property
+    def uses_slots(self) -> bool:
+        """Whether training jobs' parameters travel through shared memory."""
+        return self._slots is not None
+
+    def _slots_for(self, jobs: Sequence[TrainJob]) -> Slots | None:
+        """The slots these jobs' parameters can travel in (made, and mapped by every worker,
+        at the first call with jobs), or None: by pickle."""
+        if not jobs:
+            return None
+        if not self._slots_tried:
+            self._slots_tried = True
+            self._slots = self._make_slots(jobs[0].params)
+        slots = self._slots
+        if slots is None or not all(slots.layout.fits(j.params) for j in jobs):
+            return None
+        return slots
+
+    def _make_slots(self, params: Params) -> Slots | None:
+        layout = Layout.of(params)
+        if layout is None:
+            return None
+        try:
+            slots = Slots.create(layout, self._rows)
+        except OSError:
+            return None  # no room: parameters go by pickle, as they always could
+        try:
+            for conn in self._conns:
+                conn.send(("slots", [(str(slots.path), layout, self._rows)]))
+            answers = [_answer(conn) for conn in self._conns]
+        finally:
+            slots.unlink()  # mapped by every process that will use it, or by none
+        died = [payload for status, payload in answers if status == "died"]
+        if died:
+            raise GossipserError(died[0])
+        return slots if all(status == "ok" for status, _ in answers) else None
+
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
         """The jobs in chunks of `CHUNK`, fed to every worker at once by one thread each and
-        answered chunk by chunk: all workers start at once, and results are unpickled here
+        answered chunk by chunk: all workers start at once, and results are taken in here
         while the workers go on (one message per worker and call made the second worker
-        wait for the first one's parameters to cross the pipe)."""
+        wait for the first one's parameters to cross the pipe). Parameters go through the
+        slots where they fit: a chunk's are written into their peers' rows before the chunk
+        is sent, and each answer's read from them when it arrives."""
+        slots = self._slots_for(jobs)
         chunks = {w: [js[i:i + CHUNK] for i in range(0, len(js), CHUNK)]
                   for w, js in jobs_by_worker(jobs, self._owner).items()}
 
         def feed(w: int) -> None:
             try:
                 for chunk in chunks[w]:
-                    self._conns[w].send(("train", chunk))
+                    if slots is None:
+                        self._conns[w].send(("train", chunk))
+                        continue
+                    for j in chunk:
+                        slots.write(j.peer, j.params)
+                    self._conns[w].send(("train_slots", [(j.peer, j.steps) for j in chunk]))
             except (OSError, BrokenPipeError):
                 pass  # the worker died: its missing answers say so below
 
@@ -150,8 +202,11 @@ class ProcessPool:
                 status, payload = _answer(conn)
                 if status in ("error", "died"):
                     error = error or payload
-                else:
+                elif slots is None:
                     results.update((r.peer, r) for r in payload)
+                else:
+                    results.update((r.peer, dataclasses.replace(r, params=slots.read(r.peer)))
+                                   for r in payload)
                 left[conn] -= 1
                 if left[conn] == 0 or status == "died":  # a dead worker answers no more
                     del left[conn]

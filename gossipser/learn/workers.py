@@ -8,9 +8,11 @@ the corpus and plans the run, which puts the second core to work from the start.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
+from pathlib import Path
 
 DEFAULT_WORKERS = 2  # simulator training processes (GossipConfig.workers)
 
@@ -33,6 +35,8 @@ def _worker_main(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch  # here, not at the top: the parent starts us before it imports torch
 
+    from gossipser.learn.jobs import TrainJob, TrainResult
+    from gossipser.learn.slots import Slots
     from gossipser.learn.trainers import _Trainers
 
     torch.set_num_threads(1)
@@ -46,7 +50,24 @@ def _worker_main(conn) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         os._exit(1)
     conn.send(("ready", trainers.steps_per_epoch()))
-    ops = {"train": trainers.train, "evaluate": trainers.evaluate, "initial": trainers.initial}
+    slots = None  # shared memory for training jobs' parameters (`gossipser.learn.slots`)
+
+    def attach(item) -> bool:
+        nonlocal slots
+        path, layout, rows = item
+        slots = Slots(Path(path), layout, rows)
+        return True
+
+    def train_in_slot(item) -> TrainResult:
+        peer, steps = item
+        if slots is None:
+            raise RuntimeError("a training job in shared memory before the memory was mapped")
+        result = trainers.train(TrainJob(peer=peer, params=slots.views(peer), steps=steps))
+        slots.write(peer, result.params)
+        return dataclasses.replace(result, params={})
+
+    ops = {"train": trainers.train, "evaluate": trainers.evaluate, "initial": trainers.initial,
+           "slots": attach, "train_slots": train_in_slot}
     while True:
         op, payload = conn.recv()
         work = ops.get(op)
