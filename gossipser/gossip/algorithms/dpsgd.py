@@ -18,7 +18,8 @@ class DPSGD(Algorithm):
     supports_robust = True
 
     def outgoing(self, peer) -> Outbox:
-        return [(j, peer.message("model")) for j in peer.neighbours]
+        msg = peer.message("model")  # one immutable message for every neighbour
+        return [(j, msg) for j in peer.neighbours]
 
     def end_round(self, peer, inbox) -> None:
         row = peer.mix_row
