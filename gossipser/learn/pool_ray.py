@@ -10,6 +10,7 @@ Ray is an optional extra: `pip install 'gossipser[ray]'` (after torch==2.13.0).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from gossipser.errors import ConfigError, GossipserError
@@ -62,11 +63,13 @@ class RayPool:
         self._started = False
         if not ray.is_initialized():
             try:
-                if address:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=max(1, workers), include_dashboard=False,
-                             log_to_driver=False)
+                with warnings.catch_warnings():  # Ray 2.5x's "Tip" on GPU variables: no GPUs here
+                    warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\.")
+                    if address:
+                        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                    else:
+                        ray.init(num_cpus=max(1, workers), include_dashboard=False,
+                                 log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"backend ray: cannot start or join Ray"
                                   f"{' at ' + address if address else ''}: {exc}") from None
