@@ -5,21 +5,23 @@ For each peer count the script runs D-PSGD on regular:4 (synthetic corpus, iid p
 steps a round: 1 by default, the worst case for the engine's share; `auto`: what a default
 run (its 300 rounds and default training budget) gives each peer of this corpus, evaluation
 only in the last round, on 64 test utterances) with the process pool, and prints per steady
-round (round 1 warms up, the last one's evaluation is left out):
+round (round 1 warms up; the last round evaluates, and averages every peer's model for it, so
+it is left out whole):
 
 - s/round and peer-steps/s, and both against the smallest peer count (linear: ratio ~1);
 - where a round's wall time goes: optimiser steps in the busiest worker, the rest of the pool
   (unparking and parking trainers, pickling parameters through pipes, waiting on the other
   worker), and the engine (the simulator: messages, mixing, consensus distance, metrics);
-- resident memory (this process plus the workers, at the end of the run), per peer, and the
-  marginal memory of one more peer between successive counts.
+- memory (this process plus the workers, proportional set size: shared pages counted once),
+  per peer, and the marginal memory of one more peer between successive counts.
 
 A process holding more than `PARK_ABOVE` peers keeps no torch module per peer: each peer's
 trainer (its shard, Adam state and RNG streams) trains the one module the process shares
 (`gossipser.learn.trainers._Trainers`).
 
 Run: .venv/bin/python scripts/bench_scale.py --peers 100,1000,5000 --model dnn|cnn
-     [--rounds 3] [--per-peer 6] [--local-steps 1|N|auto] [--workers 2] [--cache-dir DIR]
+     [--rounds 4] [--per-peer 6] [--local-steps 1|N|auto] [--workers 2] [--pickle]
+     [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -47,23 +49,35 @@ from gossipser.sim.simulator import Simulator
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` in MB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    """Memory of process `pid` in MB: its proportional share of resident pages (a page that
+    n processes map counts 1/n in each, so the parameter slots the pool shares with its
+    workers count once in a sum), or its resident set where the kernel has no smaps_rollup."""
+    for name, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            lines = Path(name).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
     return 0.0
 
 
 class RoundClock:
-    """Listener: wall time and total resident memory when the run starts and each round ends."""
+    """Listener: wall time when the run starts and each round ends; total memory (proportional
+    set sizes) at the start and after the last round only (reading it takes tens of ms at
+    1,000 peers, which would count as engine time)."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[float, float]] = []
 
     def __call__(self, event) -> None:
         if isinstance(event, RunStarted | RoundFinished):
-            pids = [os.getpid(), *(p.pid for p in mp.active_children())]
-            self.marks.append((time.perf_counter(), sum(rss_mb(p) for p in pids)))
+            now, memory = time.perf_counter(), 0.0
+            if isinstance(event, RunStarted) or event.round == event.rounds:
+                pids = [os.getpid(), *(p.pid for p in mp.active_children())]
+                memory = sum(rss_mb(p) for p in pids)
+            self.marks.append((now, memory))
 
 
 def default_steps(setup: RunSetup) -> int:
@@ -94,10 +108,10 @@ def make_setup(ds: Dataset, peers: int, steps: int | None, args) -> RunSetup:
     return dataclasses.replace(setup, cfg=dataclasses.replace(cfg, local_epochs=float(steps)))
 
 
-def run(setup: RunSetup, workers: int) -> dict:
+def run(setup: RunSetup, workers: int, slots: bool = True) -> dict:
     t0 = time.perf_counter()
     shards = [setup.shard(i) for i in range(setup.n_peers)]
-    pool = ProcessPool(setup.pool_spec(), shards, workers=workers)
+    pool = ProcessPool(setup.pool_spec(), shards, workers=workers, slots=slots)
     startup = time.perf_counter() - t0
     timed, clock = TimedPool(pool), RoundClock()
     try:
@@ -110,14 +124,13 @@ def run(setup: RunSetup, workers: int) -> dict:
         start, end = clock.marks[r - 1][0], clock.marks[r][0]
         mine = [c for c in timed.calls if start <= c["start"] < end]
         train = [c for c in mine if c["kind"] == "train"]
-        evaluate = sum(c["wall"] for c in mine if c["kind"] == "evaluate")
         rounds.append({
-            "wall": end - start - evaluate, "pool": sum(c["wall"] for c in train),
+            "wall": end - start, "pool": sum(c["wall"] for c in train),
             "busiest": sum(c["busiest"] for c in train),
             "steps": sum(c["count"] for c in train),
         })
-    return {"startup": startup, "rounds": rounds[1:], "rss": max(m[1] for m in clock.marks),
-            "ua": sim.rows[-1]["ua_mean"]}
+    return {"startup": startup, "rounds": rounds[1:-1], "shared": pool.uses_slots,
+            "rss": max(m[1] for m in clock.marks), "ua": sim.rows[-1]["ua_mean"]}
 
 
 def main() -> None:
@@ -125,16 +138,19 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", default="100,1000", help="comma-separated peer counts")
     p.add_argument("--model", choices=("dnn", "cnn"), default="cnn")
-    p.add_argument("--rounds", type=int, default=3, help=">= 2: round 1 warms up")
+    p.add_argument("--rounds", type=int, default=4,
+                   help=">= 3: round 1 warms up, the last one evaluates")
     p.add_argument("--per-peer", type=int, default=6, help="training utterances per peer")
     p.add_argument("--local-steps", default="1", metavar="1|N|auto",
                    help="optimiser steps per peer and round (auto: a default run's budget)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pickle", action="store_true",
+                   help="send training jobs' parameters by pickle, not shared memory (A/B)")
     p.add_argument("--cache-dir", type=Path, help="corpus and feature cache")
     args = p.parse_args()
     counts = sorted(int(x) for x in args.peers.split(","))
-    if args.rounds < 2 or args.per_peer < 2 or min(counts) < 5:
-        p.error("need --rounds >= 2, --per-peer >= 2 and at least 5 peers (regular:4)")
+    if args.rounds < 3 or args.per_peer < 2 or min(counts) < 5:
+        p.error("need --rounds >= 3, --per-peer >= 2 and at least 5 peers (regular:4)")
     if args.local_steps != "auto" and not (args.local_steps.isdigit() and int(args.local_steps)):
         p.error(f"--local-steps: a positive integer or auto, not {args.local_steps!r}")
     torch.set_num_threads(1)
@@ -153,7 +169,7 @@ def main() -> None:
                            args)
         local = int(setup.cfg.local_epochs)
         t0 = time.perf_counter()
-        res = run(setup, args.workers)
+        res = run(setup, args.workers, slots=not args.pickle)
         res["total"] = time.perf_counter() - t0
         steady = res["rounds"]
         wall = sum(r["wall"] for r in steady)
@@ -168,15 +184,17 @@ def main() -> None:
                    parked=n / args.workers > PARK_ABOVE)
         results.append(res)
         print(f"\n{n} peers ({res['params']:,} parameters each, "
-              f"{'parked' if res['parked'] else 'live'} trainers, {local} local steps, "
+              f"{'parked' if res['parked'] else 'live'} trainers, parameters by "
+              f"{'shared memory' if res['shared'] else 'pickle'}, {local} local steps, "
               f"{res['steps_round']:.0f} peer-steps a round): run {res['total']:.1f} s, "
               f"pool start-up {res['startup']:.1f} s, final UA {res['ua']:.3f}")
         print(f"  {res['s_round']:8.2f} s/round   {res['rate']:8.1f} peer-steps/s   "
-              f"{res['ms_step']:.2f} ms of wall time per peer-step")
+              f"{res['ms_step']:.2f} ms of wall time per peer-step (steady rounds "
+              f"2-{args.rounds - 1}: not the warm-up, not the evaluation)")
         print(f"  round time: {100 * res['compute']:5.1f} % optimiser steps (busiest worker), "
               f"{100 * res['pool_rest']:4.1f} % rest of the pool, {100 * res['engine']:4.1f} % "
               f"engine; overhead {100 * (1 - res['compute']):.1f} %")
-        print(f"  resident memory {res['rss']:,.0f} MB (this process + workers), "
+        print(f"  memory {res['rss']:,.0f} MB (this process + workers, shared pages once), "
               f"{res['rss'] / n:.2f} MB per peer")
 
     base = results[0]

@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
 
 def test_bench_scale_prints_growth_and_memory(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--peers", "5,40", "--model", "dnn", "--rounds", "2",
+        [sys.executable, str(SCRIPT), "--peers", "5,40", "--model", "dnn", "--rounds", "3",
          "--per-peer", "2", "--local-steps", "2", "--workers", "1", "--cache-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -24,3 +24,5 @@ def test_bench_scale_prints_growth_and_memory(tmp_path: Path) -> None:
     assert "2 local steps, 80 peer-steps a round" in out
     assert "peer-steps/s" in out and "MB per peer" in out and "engine" in out
     assert "memory per extra peer" in out
+    assert "steady rounds 2-2" in out  # round 1 warms up, round 3 evaluates
+    assert out.count("parameters by shared memory") == 2
