@@ -596,6 +596,11 @@ def test_combine_reuses_no_stale_values_and_matches_one_stacked_product():
             assert out[k].dtype == np.float32 and out[k].tobytes() == want.tobytes()
 
 
+def test_combine_refuses_states_whose_parameters_differ_in_size():
+    with pytest.raises(ValueError, match="'w' differs in size"):
+        combine([{"w": np.zeros(4, np.float32)}, {"w": np.zeros(6, np.float32)}], [1.0, 1.0])
+
+
 def test_every_algorithm_survives_a_lossy_round():
     """No algorithm needs every message: half lost, the round still closes."""
     rng = np.random.default_rng(0)

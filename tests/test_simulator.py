@@ -399,6 +399,24 @@ def test_training_parameters_travel_through_shared_memory_with_the_same_results(
         jobs = [TrainJob(peer=0, params=wide, steps=1)]
         a, b = shared.train(jobs)[0], serial.train(jobs)[0]
         assert flatten(a.params).tobytes() == flatten(b.params).tobytes()
+        # one row per peer: a call with a peer twice goes by pickle
+        twice = [TrainJob(peer=1, params=setup.init, steps=1)] * 2
+        assert shared._slots_for(twice) is None and shared._slots_for(twice[:1]) is not None
+
+
+@pytest.mark.parametrize("slots", [True, False])
+def test_a_job_that_cannot_be_sent_is_one_error_not_a_hang(ds, slots):
+    """A feeding thread that fails on its own (here a job that cannot be pickled) leaves no
+    answer to wait for: the call ends with one GossipserError and the pool goes on."""
+    setup = make_setup(ds, peers=4, rounds=1)
+    good = [TrainJob(peer=i, params=setup.init, steps=1) for i in range(4)]
+    bad = list(good)
+    bad[1] = TrainJob(peer=1, params={"w": lambda: 0}, steps=1)  # worker 1: not picklable
+    with ProcessPool(setup.pool_spec(), [setup.shard(i) for i in range(4)], workers=2,
+                     slots=slots) as pool:
+        with pytest.raises(GossipserError, match="training pool: .*(lambda|pickle)"):
+            pool.train(bad)
+        assert [r.peer for r in pool.train(good)] == [0, 1, 2, 3]
 
 
 def test_parked_trainers_match_live_trainers(ds):

@@ -61,11 +61,14 @@ def combine(states: Sequence[Params], weights: Sequence[float]) -> Params:
         raise ValueError(f"combine: need one finite non-negative weight per state, got {w}")
     w = w / w.sum()
     # columns a product takes at once: the stack fits the reused buffer even when it averages
-    # every peer of a large simulation (1,000 DNN peers' largest layer: 262 MB fresh)
-    step = max(1, _SCRATCH_MAX // len(states))
+    # every peer of a large simulation (1,000 DNN peers' largest layer: 262 MB fresh); a
+    # multiple of 64 keeps the blocks aligned as one product's columns are
+    step = max(64, _SCRATCH_MAX // len(states) // 64 * 64)
     out = {}
     for k, first in states[0].items():
         flat = [np.ravel(s[k]) for s in states]
+        if any(f.size != first.size for f in flat):
+            raise ValueError(f"combine: parameter {k!r} differs in size between the states")
         mixed = np.empty(first.size, dtype=first.dtype)
         for c in range(0, first.size, step):
             mixed[c:c + step] = w @ stack_float64([f[c:c + step] for f in flat])

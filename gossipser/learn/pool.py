@@ -147,6 +147,8 @@ class ProcessPool:
         slots = self._slots
         if slots is None or not all(slots.layout.fits(j.params) for j in jobs):
             return None
+        if len({j.peer for j in jobs}) != len(jobs):
+            return None  # one row per peer: a peer's second job would overwrite its first
         return slots
 
     def _make_slots(self, params: Params) -> Slots | None:
@@ -157,10 +159,15 @@ class ProcessPool:
             slots = Slots.create(layout, self._rows)
         except OSError:
             return None  # no room: parameters go by pickle, as they always could
+        answers = []
         try:
             for conn in self._conns:
-                conn.send(("slots", [(str(slots.path), layout, self._rows)]))
-            answers = [_answer(conn) for conn in self._conns]
+                try:
+                    conn.send(("slots", [(str(slots.path), layout, self._rows)]))
+                except OSError:
+                    answers.append(("died", "a training worker process died"))
+                    continue
+                answers.append(_answer(conn))
         finally:
             slots.unlink()  # mapped by every process that will use it, or by none
         died = [payload for status, payload in answers if status == "died"]
@@ -179,26 +186,38 @@ class ProcessPool:
         chunks = {w: [js[i:i + CHUNK] for i in range(0, len(js), CHUNK)]
                   for w, js in jobs_by_worker(jobs, self._owner).items()}
 
+        sent = dict.fromkeys(chunks, 0)  # chunks each feeder has sent
+        stalled: dict[int, str] = {}  # feeders stopped by an error of their own: why
+
         def feed(w: int) -> None:
             try:
                 for chunk in chunks[w]:
                     if slots is None:
                         self._conns[w].send(("train", chunk))
-                        continue
-                    for j in chunk:
-                        slots.write(j.peer, j.params)
-                    self._conns[w].send(("train_slots", [(j.peer, j.steps) for j in chunk]))
-            except (OSError, BrokenPipeError):
+                    else:
+                        for j in chunk:
+                            slots.write(j.peer, j.params)
+                        self._conns[w].send(("train_slots", [(j.peer, j.steps) for j in chunk]))
+                    sent[w] += 1
+            except OSError:
                 pass  # the worker died: its missing answers say so below
+            except Exception as exc:  # e.g. a job that cannot be pickled: no answer will come
+                stalled[w] = f"training pool: {type(exc).__name__}: {exc}"
 
-        feeders = [threading.Thread(target=feed, args=(w,), daemon=True) for w in chunks]
-        for t in feeders:
+        feeders = {w: threading.Thread(target=feed, args=(w,), daemon=True) for w in chunks}
+        for t in feeders.values():
             t.start()
+        worker_of = {self._conns[w]: w for w in chunks}
         left = {self._conns[w]: len(cs) for w, cs in chunks.items()}
         results: dict[int, TrainResult] = {}
         error = None
         while left:  # every answer is read, even after an error, so none is left in a pipe
-            for conn in mp_wait(list(left)):
+            for conn in [c for c in left if worker_of[c] in stalled]:
+                w = worker_of[conn]  # answered all it was sent: stop waiting for the rest
+                if not feeders[w].is_alive() and len(chunks[w]) - left[conn] >= sent[w]:
+                    error = error or stalled[w]
+                    del left[conn]
+            for conn in mp_wait(list(left), timeout=0.2):
                 status, payload = _answer(conn)
                 if status in ("error", "died"):
                     error = error or payload
@@ -210,7 +229,7 @@ class ProcessPool:
                 left[conn] -= 1
                 if left[conn] == 0 or status == "died":  # a dead worker answers no more
                     del left[conn]
-        for t in feeders:
+        for t in feeders.values():
             t.join()
         if error is not None:
             raise GossipserError(error)
