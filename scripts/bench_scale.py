@@ -10,8 +10,9 @@ it is left out whole):
 
 - s/round and peer-steps/s, and both against the smallest peer count (linear: ratio ~1);
 - where a round's wall time goes: optimiser steps in the busiest worker, the rest of the pool
-  (unparking and parking trainers, pickling parameters through pipes, waiting on the other
-  worker), and the engine (the simulator: messages, mixing, consensus distance, metrics);
+  (unparking and parking trainers, parameters into and out of the shared rows, or pickled
+  through pipes with --pickle, waiting on the other worker), and the engine (the simulator:
+  messages, mixing, consensus distance, metrics);
 - memory (this process plus the workers, proportional set size: shared pages counted once),
   per peer, and the marginal memory of one more peer between successive counts.
 
@@ -48,7 +49,7 @@ from gossipser.learn.trainers import PARK_ABOVE
 from gossipser.sim.simulator import Simulator
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> float:
     """Memory of process `pid` in MB: its proportional share of resident pages (a page that
     n processes map counts 1/n in each, so the parameter slots the pool shares with its
     workers count once in a sum), or its resident set where the kernel has no smaps_rollup."""
@@ -76,7 +77,7 @@ class RoundClock:
             now, memory = time.perf_counter(), 0.0
             if isinstance(event, RunStarted) or event.round == event.rounds:
                 pids = [os.getpid(), *(p.pid for p in mp.active_children())]
-                memory = sum(rss_mb(p) for p in pids)
+                memory = sum(memory_mb(p) for p in pids)
             self.marks.append((now, memory))
 
 
@@ -130,7 +131,7 @@ def run(setup: RunSetup, workers: int, slots: bool = True) -> dict:
             "steps": sum(c["count"] for c in train),
         })
     return {"startup": startup, "rounds": rounds[1:-1], "shared": pool.uses_slots,
-            "rss": max(m[1] for m in clock.marks), "ua": sim.rows[-1]["ua_mean"]}
+            "memory": max(m[1] for m in clock.marks), "ua": sim.rows[-1]["ua_mean"]}
 
 
 def main() -> None:
@@ -194,13 +195,13 @@ def main() -> None:
         print(f"  round time: {100 * res['compute']:5.1f} % optimiser steps (busiest worker), "
               f"{100 * res['pool_rest']:4.1f} % rest of the pool, {100 * res['engine']:4.1f} % "
               f"engine; overhead {100 * (1 - res['compute']):.1f} %")
-        print(f"  memory {res['rss']:,.0f} MB (this process + workers, shared pages once), "
-              f"{res['rss'] / n:.2f} MB per peer")
+        print(f"  memory {res['memory']:,.0f} MB (this process + workers, shared pages once), "
+              f"{res['memory'] / n:.2f} MB per peer")
 
     base = results[0]
     print("\ngrowth against the smallest count (linear in peers x steps: ratios ~1):")
     for prev, res in zip(results, results[1:], strict=False):
-        marginal = (res["rss"] - prev["rss"]) / (res["n"] - prev["n"])
+        marginal = (res["memory"] - prev["memory"]) / (res["n"] - prev["n"])
         print(f"  {res['n']:>6} peers: s/round x{res['s_round'] / base['s_round']:.1f} for "
               f"x{res['steps_round'] / base['steps_round']:.1f} peer-steps; wall time per "
               f"peer-step x{res['ms_step'] / base['ms_step']:.2f}; memory per extra peer "

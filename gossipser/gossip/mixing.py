@@ -29,7 +29,7 @@ Params = dict[str, np.ndarray]  # one model state: parameter name -> array
 
 
 _scratch = threading.local()  # per thread: one float64 buffer the stacks below reuse
-_SCRATCH_MAX = 1 << 21  # elements (16 MB): a larger stack (an average of every peer) is fresh
+_SCRATCH_MAX = 1 << 21  # elements (16 MB): a larger stack is fresh (combine: past 32,768 states)
 
 
 def stack_float64(arrays: Sequence[np.ndarray]) -> np.ndarray:
